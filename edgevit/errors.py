@@ -1,0 +1,15 @@
+"""The one exception type for user mistakes: the CLI prints its message on one line and exits non-zero."""
+
+from __future__ import annotations
+
+
+class EdgevitError(Exception):
+    """A problem the user can fix; the message names the problem and the fix."""
+
+    exit_code: int = 2
+
+
+class GateError(EdgevitError):
+    """An artifact missed a recipe threshold (numerics or audit)."""
+
+    exit_code = 3

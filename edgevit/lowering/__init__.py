@@ -1,0 +1,36 @@
+"""``lower(model, target)``: the deploy form of a training-form model for one target.
+
+The deploy form computes the same function (fp32, max abs diff <= 1e-4 on real photos) with only ops the
+target delegates. Rewrites are looked up by model class, so each family registers its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ..errors import EdgevitError
+from ..models.lvt import LVT
+from .lvt import DeployLVT
+
+TARGETS = ("executorch", "coreml", "tflite", "onnx")
+
+# model class -> builder of its deploy form; targets share the form until one needs its own
+_LOWERINGS: dict[type, Callable[[nn.Module], nn.Module]] = {
+    LVT: DeployLVT.from_module,
+}
+
+
+def lower(model: nn.Module, target: str = "executorch") -> nn.Module:
+    """Return a new eval-mode module equal to ``model`` in deploy form for ``target``; ``model`` is untouched."""
+    if target not in TARGETS:
+        raise EdgevitError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    build = _LOWERINGS.get(type(model))
+    if build is None:
+        raise EdgevitError(f"no lowering for {type(model).__name__}; lowered families: "
+                           f"{', '.join(t.__name__ for t in _LOWERINGS)}")
+    return build(model).eval()
+
+
+__all__ = ["lower", "TARGETS"]

@@ -1,0 +1,309 @@
+"""Deploy form of LVT: the same function as ``edgevit.models.lvt`` written in mobile-delegated ops.
+
+Tensors stay NHWC between blocks (as in the training form), so tokens meet Linear layers without copies.
+Every module is built from its training counterpart by ``from_module`` under ``torch.no_grad()``; the
+training model is never modified. Rules kept here: no unfold/fold/gather/scatter, rank <= 4, attention as
+3-D ``bmm`` on (B*heads, N, d), LayerNorm as Linear reductions, static recursion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import lvt as train
+from .ops import LinearLayerNorm, fold_k3s2p1_nhwc, linear_silu, one_hot_taps, spatial_mean_nhwc
+
+__all__ = ["DeployLVT", "DeployCSA", "DeployRASA", "DeployClassBlock"]
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    out_f, in_f = weight.shape[:2]
+    layer = nn.Linear(in_f, out_f, bias=bias is not None)
+    layer.weight.copy_(weight.reshape(out_f, in_f))
+    if bias is not None:
+        layer.bias.copy_(bias)
+    return layer
+
+
+def _conv_copy(conv: nn.Conv2d) -> nn.Conv2d:
+    new = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=conv.bias is not None,
+    )
+    new.load_state_dict(conv.state_dict())
+    return new
+
+
+class DeployCSA(nn.Module):
+    """CSA with im2col as a one-hot depthwise conv, per-tap values as a bmm over taps, fold as phases.
+
+    Attention rows are ordered (B, location, head) so the logits need no transpose; values are brought to
+    the same order with one rank-4 permute.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.register_buffer("taps_weight", one_hot_taps(dim, 3))
+        self.attn = nn.Linear(dim, 81 * num_heads)
+        self.register_buffer("value_weight", torch.zeros(9, dim, dim))  # per tap: (C_in, C_out)
+        self.proj = nn.Linear(dim, dim)
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, m: train.CSA) -> DeployCSA:
+        if (m.kernel_size, m.stride, m.padding) != (3, 2, 1):
+            raise ValueError("DeployCSA supports the LVT setting: kernel 3, stride 2, padding 1")
+        new = cls(m.dim, m.num_heads)
+        # the softmax scale is folded into the logits' Linear: scale*(Wx + b) = (scale*W)x + scale*b
+        new.attn.weight.copy_(m.attn.weight * m.scale)
+        new.attn.bias.copy_(m.attn.bias * m.scale)
+        C = m.dim
+        # grouped 1x1 conv weight (9C, C, 1, 1): group t maps tap t's inputs to outputs t*C..t*C+C-1
+        new.value_weight.copy_(m.weight.weight.reshape(9, C, C).transpose(1, 2))
+        new.proj.load_state_dict(m.proj.state_dict())
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        h, w, heads = H // 2, W // 2, self.num_heads
+        d = C // heads
+        x_nchw = x.permute(0, 3, 1, 2)
+
+        # attention logits: 2x2 average pool, Linear -> (B*L*heads, 9 out taps, 9 in taps)
+        pooled = F.avg_pool2d(x_nchw, 2, 2).permute(0, 2, 3, 1)
+        attn = self.attn(pooled).reshape(B * h * w * heads, 9, 9).softmax(dim=-1)
+
+        # im2col without im2col: channel c*9 + t holds tap t of channel c
+        patches = F.conv2d(x_nchw, self.taps_weight, stride=2, padding=1, groups=C)
+        patches = patches.reshape(B, C, 9, h * w).permute(2, 0, 3, 1).reshape(9, B * h * w, C)
+        values = torch.bmm(patches, self.value_weight)  # 9, B*L, C: per-tap linear map
+        values = values.reshape(9, B * h * w, heads, d).permute(1, 2, 0, 3).reshape(B * h * w * heads, 9, d)
+
+        out = torch.bmm(attn, values)  # B*L*heads, 9, d
+        out = out.reshape(B * h * w, heads, 9, d).permute(2, 0, 1, 3).reshape(9, B * h, w, C)
+        taps = [out.narrow(0, t, 1).reshape(B, h, w, C) for t in range(9)]  # narrow: select is not delegated
+        return self.proj(fold_k3s2p1_nhwc(taps))
+
+
+class DeployRASA(nn.Module):
+    """RASA with split K/V projections, 3-D bmm attention, SiLU as x*sigmoid(x), recursion unrolled."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, dilations: tuple[int, ...], recursions: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.dilations = dilations
+        self.recursions = recursions
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+        self.ds_weight = nn.Parameter(torch.zeros(dim, 1, 3, 3))
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
+            self.norm = LinearLayerNorm(dim, 1e-5, torch.ones(dim), torch.zeros(dim))
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, m: train.RASA) -> DeployRASA:
+        new = cls(m.dim, m.num_heads, m.sr_ratio, m.ds.dilations, m.recursions)
+        C = m.dim
+        new.q.weight.copy_(m.q.weight)
+        # the softmax scale is folded into K (linear, no bias); Q passes a nonlinear conv first
+        new.k.weight.copy_(m.kv.weight[:C] * m.scale)
+        new.v.weight.copy_(m.kv.weight[C:])
+        new.proj.load_state_dict(m.proj.state_dict())
+        new.ds_weight.copy_(m.ds.weight)
+        if m.sr_ratio > 1:
+            new.sr = _conv_copy(m.sr)
+            new.norm = LinearLayerNorm.from_module(m.norm)
+        return new
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        heads = self.num_heads
+        d = C // heads
+        q = self.q(x).permute(0, 3, 1, 2)
+        # one shared depthwise kernel at each dilation (summed without a scalar 0, which would export as
+        # a constant the delegate does not own)
+        branches = [linear_silu(F.conv2d(q, self.ds_weight, None, 1, dil, dil, C)) for dil in self.dilations]
+        q = branches[0]
+        for b in branches[1:]:
+            q = q + b
+        q = q.reshape(B * heads, d, H * W).transpose(1, 2)  # B*heads, N, d
+
+        kv_in = x
+        if self.sr_ratio > 1:
+            kv_in = self.norm(self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+        kv_in = kv_in.reshape(B, -1, C)
+        M = kv_in.shape[1]
+        k_t = self.k(kv_in).reshape(B, M, heads, d).permute(0, 2, 3, 1).reshape(B * heads, d, M)
+        v = self.v(kv_in).reshape(B, M, heads, d).permute(0, 2, 1, 3).reshape(B * heads, M, d)
+
+        attn = torch.bmm(q, k_t).softmax(dim=-1)
+        out = torch.bmm(attn, v).reshape(B, heads, H * W, d).permute(0, 2, 1, 3).reshape(B, H, W, C)
+        return self.proj(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recursions == 1:
+            return self.attention(x)
+        x_in = x
+        x = linear_silu(self.attention(x))
+        for _ in range(self.recursions - 1):
+            x = x + x_in
+            x_in = x
+            x = linear_silu(self.attention(x))
+        return x
+
+
+class DeployMlp(nn.Module):
+    """MLP with 1x1 convs as Linear on NHWC tokens; only the depthwise 3x3 sees an NCHW view."""
+
+    def __init__(self, fc1: nn.Linear, fc2: nn.Linear, depconv: nn.Conv2d | None) -> None:
+        super().__init__()
+        self.fc1 = fc1
+        self.depconv = depconv
+        self.fc2 = fc2
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, m: train.Mlp) -> DeployMlp:
+        fc1 = _linear(m.fc1.weight, m.fc1.bias)
+        fc2 = _linear(m.fc2.weight, m.fc2.bias)
+        return cls(fc1, fc2, _conv_copy(m.depconv) if m.depthwise else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.depconv is not None:
+            x = self.depconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return self.fc2(F.gelu(x))
+
+
+class DeployBlock(nn.Module):
+    def __init__(self, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module) -> None:
+        super().__init__()
+        self.norm1, self.attn, self.norm2, self.mlp = norm1, attn, norm2, mlp
+
+    @classmethod
+    def from_module(cls, m: train.Block) -> DeployBlock:
+        attn = DeployCSA.from_module(m.attn) if isinstance(m.attn, train.CSA) else DeployRASA.from_module(m.attn)
+        return cls(
+            LinearLayerNorm.from_module(m.norm1),
+            attn,
+            LinearLayerNorm.from_module(m.norm2),
+            DeployMlp.from_module(m.mlp),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DeployPatchEmbed(nn.Module):
+    def __init__(self, proj: nn.Conv2d, norm: LinearLayerNorm, nchw_input: bool) -> None:
+        super().__init__()
+        self.proj, self.norm, self.nchw_input = proj, norm, nchw_input
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, m: train.PatchEmbed) -> DeployPatchEmbed:
+        return cls(_conv_copy(m.proj), LinearLayerNorm.from_module(m.norm), m.nchw_input)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.nchw_input:
+            x = x.permute(0, 3, 1, 2)
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class DeployClassBlock(nn.Module):
+    """Class-attention post layer: one query (the CLS token), keys/values from all tokens, 3-D bmm."""
+
+    def __init__(self, m: train.ClassBlock) -> None:
+        super().__init__()
+        a = m.attn
+        C = a.num_heads * a.head_dim
+        self.num_heads = a.num_heads
+        self.norm1 = LinearLayerNorm.from_module(m.norm1)
+        self.q = _linear(a.q.weight * a.scale)
+        self.k = _linear(a.kv.weight[:C])
+        self.v = _linear(a.kv.weight[C:])
+        self.proj = _linear(a.proj.weight, a.proj.bias)
+        self.norm2 = LinearLayerNorm.from_module(m.norm2)
+        self.fc1 = _linear(m.mlp.fc1.weight, m.mlp.fc1.bias)
+        self.fc2 = _linear(m.mlp.fc2.weight, m.mlp.fc2.bias)
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, m: train.ClassBlock) -> DeployClassBlock:
+        return cls(m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        heads, d = self.num_heads, C // self.num_heads
+        cls_tok = x[:, :1]
+        y = self.norm1(x)
+        q = self.q(y[:, :1]).reshape(B * heads, 1, d)
+        k_t = self.k(y).reshape(B, N, heads, d).permute(0, 2, 3, 1).reshape(B * heads, d, N)
+        v = self.v(y).reshape(B, N, heads, d).permute(0, 2, 1, 3).reshape(B * heads, N, d)
+        attn = torch.bmm(q, k_t).softmax(dim=-1)
+        cls_tok = cls_tok + self.proj(torch.bmm(attn, v).reshape(B, 1, C))
+        cls_tok = cls_tok + self.fc2(F.gelu(self.fc1(self.norm2(cls_tok))))
+        return torch.cat([cls_tok, x[:, 1:]], dim=1)
+
+
+class DeployLVT(nn.Module):
+    """Whole LVT classifier in deploy form (``lvt`` or ``lvt_cls``), NCHW image in, logits out."""
+
+    def __init__(self, model: train.LVT) -> None:
+        super().__init__()
+        if model.features_only:
+            raise ValueError("lowering supports the classifier; build the model without features_only")
+        cfg = model.cfg
+        self.aux_weight = cfg.aux_weight
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                DeployPatchEmbed.from_module(stage[0]), *(DeployBlock.from_module(b) for b in stage[1])
+            )
+            for stage in model.backbone
+        )
+        self.norm = LinearLayerNorm.from_module(model.norm)
+        self.head = _linear(model.head.weight, model.head.bias) if cfg.num_classes > 0 else nn.Identity()
+        self.class_attention = cfg.class_attention_layers > 0
+        if self.class_attention:
+            self.cls_token = nn.Parameter(model.cls_token.detach().clone())
+            self.post_network = nn.ModuleList(DeployClassBlock.from_module(b) for b in model.post_network)
+            self.aux_head = _linear(model.aux_head.weight, model.aux_head.bias)
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, model: train.LVT) -> DeployLVT:
+        return cls(model).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        if not self.class_attention:
+            return self.head(spatial_mean_nhwc(self.norm(x)))
+        B, _, _, C = x.shape
+        # expand has no XNNPACK node; at batch 1 (every export) the token is used as it is
+        cls_tok = self.cls_token if B == 1 else self.cls_token.expand(B, -1, -1)
+        x = torch.cat([cls_tok, x.reshape(B, -1, C)], dim=1)
+        for block in self.post_network:
+            x = block(x)
+        x = self.norm(x)
+        cls_logits = self.head(x[:, :1].reshape(B, C))  # slice, not select: select is not delegated
+        # max over tokens as a rank-4 max.dim with keepdim, the form XNNPACK takes
+        aux = self.aux_head(x[:, 1:])
+        aux = aux.reshape(B, 1, aux.shape[1], aux.shape[2])  # B, 1, N, classes
+        aux_max = torch.max(aux, dim=2, keepdim=True)[0].reshape(B, -1)
+        return cls_logits + self.aux_weight * aux_max

@@ -1,0 +1,111 @@
+"""Exact op rewrites shared by every architecture's deploy form.
+
+Each rewrite computes the same function as the op it replaces (fp32, up to rounding) using only ops that
+XNNPACK, Core ML and LiteRT delegate: linear/conv, bmm, elementwise, softmax on the last axis, stride-1
+slices, constant pads and concatenation, with every tensor at rank <= 4. The equivalence tests live in
+tests/test_lowering_ops.py.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "LinearLayerNorm",
+    "linear_silu",
+    "one_hot_taps",
+    "fold_k3s2p1_nhwc",
+    "spatial_mean_nhwc",
+]
+
+
+class LinearLayerNorm(nn.Module):
+    """LayerNorm over the last axis with both reductions written as a Linear to one feature.
+
+    ExecuTorch's XNNPACK delegate takes neither ``native_layer_norm`` nor ``mean`` over the last axis, but
+    it takes a fully-connected layer: mean(x) = x @ (1/C) and var(x) = (x - mean)^2 @ (1/C).
+    """
+
+    def __init__(self, dim: int, eps: float, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim))
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone())
+
+    @classmethod
+    def from_module(cls, norm: nn.LayerNorm) -> LinearLayerNorm:
+        if len(norm.normalized_shape) != 1 or not norm.elementwise_affine:
+            raise ValueError("only an affine LayerNorm over the last axis is supported")
+        return cls(norm.normalized_shape[0], norm.eps, norm.weight, norm.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centered = x - F.linear(x, self.mean_weight)
+        var = F.linear(centered * centered, self.mean_weight)
+        return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+def linear_silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU as x * sigmoid(x): ``silu`` has no XNNPACK node in ExecuTorch, sigmoid and mul do."""
+    return x * torch.sigmoid(x)
+
+
+def one_hot_taps(channels: int, kernel_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Depthwise conv weight that copies each k x k tap of each channel to its own output channel.
+
+    ``conv2d(x, w, stride=s, padding=p, groups=C)`` with this weight equals ``nn.Unfold(k, padding=p,
+    stride=s)`` (im2col) with output channel c*k*k + t, without an im2col op.
+    """
+    k2 = kernel_size * kernel_size
+    eye = torch.eye(k2, dtype=dtype).reshape(k2, 1, kernel_size, kernel_size)
+    return eye.repeat(channels, 1, 1, 1)
+
+
+def _shift_up(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """out[i] = x[i + 1] along ``dim`` (1 = rows, 2 = cols of an NHWC tensor), zero at the far edge."""
+    size = x.shape[dim]
+    moved = x.narrow(dim, 1, size - 1)
+    pad = [0, 0, 0, 0, 0, 0]
+    pad[2 * (3 - dim) + 1] = 1  # F.pad lists the last axis first
+    return F.pad(moved, pad)
+
+
+def _interleave(even: torch.Tensor, odd: torch.Tensor, dim: int) -> torch.Tensor:
+    """Interleave two NHWC maps along rows (dim 1) or cols (dim 2): out[2i] = even[i], out[2i+1] = odd[i]."""
+    B, h, w, C = even.shape
+    if dim == 2:
+        pair = torch.cat([even.reshape(B * h, w, 1, C), odd.reshape(B * h, w, 1, C)], dim=2)
+        return pair.reshape(B, h, 2 * w, C)
+    pair = torch.cat([even.reshape(B, h, 1, w * C), odd.reshape(B, h, 1, w * C)], dim=2)
+    return pair.reshape(B, 2 * h, w, C)
+
+
+def fold_k3s2p1_nhwc(taps: list[torch.Tensor]) -> torch.Tensor:
+    """Overlap-add of 3x3 patches taken at stride 2 with padding 1 (``F.fold``), without col2im or scatter.
+
+    ``taps[ki*3 + kj]`` is the (B, h, w, C) map of tap (ki, kj); the output is (B, 2h, 2w, C) NHWC.
+    Output row 2m takes tap row 1 of patch m; row 2m+1 takes tap row 2 of patch m and tap row 0 of patch
+    m+1 (the same for columns). So each of the four output phases is a sum of shifted taps, and the phases
+    interleave by a concat + reshape (depth-to-space), which costs no MACs.
+    """
+    t = taps
+
+    def cols(k_row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # even cols: tap col 1; odd cols: tap col 2 of patch n + tap col 0 of patch n+1
+        even = t[k_row * 3 + 1]
+        odd = t[k_row * 3 + 2] + _shift_up(t[k_row * 3 + 0], dim=2)
+        return even, odd
+
+    r1_even, r1_odd = cols(1)
+    r2_even, r2_odd = cols(2)
+    r0_even, r0_odd = cols(0)
+    even_rows = _interleave(r1_even, r1_odd, dim=2)
+    odd_rows = _interleave(r2_even + _shift_up(r0_even, dim=1), r2_odd + _shift_up(r0_odd, dim=1), dim=2)
+    return _interleave(even_rows, odd_rows, dim=1)
+
+
+def spatial_mean_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """Mean over H and W of an NHWC map, as a global average pool (the mean form XNNPACK delegates)."""
+    return x.permute(0, 3, 1, 2).mean(dim=(2, 3), keepdim=True).flatten(1)
