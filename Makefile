@@ -1,0 +1,34 @@
+# Set-up is the project's own job: every target creates .venv and installs from pyproject.toml first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OUT ?= artifacts
+
+.PHONY: install demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgevit models
+	$(BIN)/edgevit export lvt --target executorch --output-dir $(OUT) --force
+	$(BIN)/python benchmarks/bench_lvt.py --rounds 3 --runs 30
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_lvt.py --rounds 3 --runs 30 --write-readme
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgevit tests benchmarks
+	$(BIN)/ruff format --check edgevit tests benchmarks
+
+clean:
+	rm -rf $(VENV) $(OUT) build dist *.egg-info

@@ -1,0 +1,200 @@
+"""The export flow: create_model -> lower -> target export -> verify on real photos -> gates -> artifact + manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, is_dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .data import image_paths, load_images
+from .errors import EdgevitError
+from .fileio import atomic_write_bytes, atomic_write_json, ensure_writable_dir, refuse_overwrite
+from .lowering import lower
+from .models import check_input_size, create_model, get_entry
+from .numerics import compare
+from .recipe import Recipe, default_recipe, get_recipe
+from .runtime import open_runner
+from .targets.audit import check_gates, raise_on_failures
+
+Step = Callable[[str], None]
+
+
+@dataclass
+class ExportResult:
+    artifact: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+
+
+def _target_module(target: str):
+    try:
+        return importlib.import_module(f"edgevit.targets.{target}")
+    except ModuleNotFoundError:
+        raise EdgevitError(f"target '{target}' is not available yet; available: executorch") from None
+
+
+def resolve_recipe(target: str, recipe: str | None) -> Recipe:
+    chosen = default_recipe(target) if recipe is None else get_recipe(recipe)
+    if chosen.target != target:
+        raise EdgevitError(f"recipe {chosen.name} builds for target '{chosen.target}', not '{target}'; "
+                           f"pass --target {chosen.target} or another recipe")
+    return chosen
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"edgevit": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "executorch", "torchao", "onnxruntime", "coremltools", "numpy"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    return asdict(obj) if is_dataclass(obj) else obj
+
+
+def export_model(
+    model_name: str,
+    target: str = "executorch",
+    recipe: str | None = None,
+    checkpoint: str | Path | None = None,
+    input_size: int | None = None,
+    output_dir: str | Path = "artifacts",
+    force: bool = False,
+    images: str | Path | None = None,
+    num_images: int = 8,
+    allow_gate_failures: bool = False,
+    seed: int = 0,
+    on_step: Step | None = None,
+) -> ExportResult:
+    """Export ``model_name`` for ``target``; writes ``<model>-<recipe><suffix>`` and its manifest atomically.
+
+    Raises :class:`EdgevitError` for bad input and :class:`GateError` when the artifact misses a gate (then
+    nothing is written, unless ``allow_gate_failures``).
+    """
+    step = on_step or (lambda _: None)
+    entry = get_entry(model_name)
+    chosen = resolve_recipe(target, recipe)
+    module = _target_module(target)
+    size = input_size or entry.input_spec.size
+    check_input_size(model_name, size)
+    out_dir = Path(output_dir)
+    stem = f"{model_name}-{chosen.name}"
+    artifact = out_dir / f"{stem}{module.SUFFIX}"
+    manifest_path = out_dir / f"{stem}.manifest.json"
+    refuse_overwrite([artifact, manifest_path], force)
+    ensure_writable_dir(out_dir)
+    photo_paths = image_paths(images)[:num_images]
+
+    step("build model")
+    torch.manual_seed(seed)
+    model = create_model(model_name, checkpoint).eval()
+    photos = load_images(images, entry.input_spec, size, limit=num_images)
+    with torch.no_grad():
+        reference = model(photos).numpy()
+
+    step("lower")
+    deploy = lower(model, target)
+    with torch.no_grad():
+        lowering_numerics = compare(reference, deploy(photos).numpy())
+
+    step(f"export ({chosen.name})")
+    t0 = time.perf_counter()
+    example = torch.randn(entry.input_spec.shape(size))
+    exported = module.export(deploy, example, chosen)
+    export_seconds = time.perf_counter() - t0
+
+    step("verify on host runtime")
+    # the candidate file sits beside its final name, so the rename below is atomic
+    tmp = out_dir / f".{stem}.partial{module.SUFFIX}"
+    atomic_write_bytes(tmp, exported.data)
+    try:
+        runner = open_runner(tmp)
+        numerics = compare(reference, runner.run_batch(photos.numpy()))
+        numerics["runtime"] = runner.name
+        failures = check_gates(exported.audit, numerics, chosen.gates, chosen.name)
+        if not allow_gate_failures:
+            raise_on_failures(failures)
+
+        step("write")
+        manifest = {
+            "model": model_name,
+            "config": _jsonable(getattr(model, "cfg", None)),
+            "weights": (
+                {"checkpoint": str(checkpoint), "sha256": _sha256(Path(checkpoint).read_bytes())}
+                if checkpoint
+                else {"checkpoint": None, "note": f"random init (seed {seed}): pass --checkpoint for real weights"}
+            ),
+            "input": {
+                "name": "image",
+                "shape": list(entry.input_spec.shape(size)),
+                "layout": entry.input_spec.layout,
+                "dtype": entry.input_spec.dtype,
+                "channel_order": entry.input_spec.channel_order,
+                "preprocessing": {
+                    "resize_short_side": round(size / entry.input_spec.crop_pct),
+                    "center_crop": size,
+                    "interpolation": entry.input_spec.interpolation,
+                    "scale": "1/255",
+                    "mean": list(entry.input_spec.mean),
+                    "std": list(entry.input_spec.std),
+                },
+            },
+            "output": {"name": "logits", "shape": [1, int(reference.shape[-1])]},
+            "recipe": chosen.to_dict(),
+            "artifact": {
+                "file": artifact.name,
+                "sha256": _sha256(exported.data),
+                "size_bytes": len(exported.data),
+                "export_seconds": round(export_seconds, 2),
+            },
+            "audit": exported.audit,
+            "lowering": {"vs_training_form": lowering_numerics},
+            "numerics": {"reference": "PyTorch fp32 training form", "images": [p.name for p in photo_paths],
+                         **numerics},
+            "gates": {"passed": not failures, "failures": failures, "overridden": bool(failures)},
+            "versions": tool_versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write_json(manifest_path, manifest)
+        tmp.replace(artifact)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ExportResult(artifact, manifest_path, manifest)
+
+
+def model_stats(model_name: str, size: int | None = None) -> dict[str, Any]:
+    """Parameters and MACs (matmul/conv multiply-adds, attention included) at the default input size."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    entry = get_entry(model_name)
+    size = size or entry.input_spec.size
+    model = create_model(model_name).eval()
+    params = sum(p.numel() for p in model.parameters())
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(entry.input_spec.shape(size)))
+    return {
+        "name": model_name,
+        "params_m": round(params / 1e6, 3),
+        "gmacs": round(counter.get_total_flops() / 2e9, 3),
+        "input_size": size,
+        "description": entry.description,
+    }
+
+
+__all__ = ["ExportResult", "export_model", "model_stats", "resolve_recipe"]

@@ -1,0 +1,1 @@
+"""Built-in recipes: one YAML file per (target, precision), loaded by ``edgevit.recipe``."""

@@ -1,0 +1,1 @@
+"""Per-target export: each module turns a deploy-form model into artifact bytes plus an audit."""

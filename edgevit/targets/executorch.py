@@ -1,0 +1,72 @@
+"""ExecuTorch target: torch.export -> to_edge_transform_and_lower(XNNPACK) -> .pte, with a delegation audit."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..recipe import Recipe
+from .audit import NON_COMPUTE, max_tensor_rank, op_counts, op_name
+
+SUFFIX = ".pte"
+
+
+@dataclass
+class ExportedArtifact:
+    data: bytes
+    audit: dict[str, Any]
+
+
+def _partitioners(recipe: Recipe) -> list:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    known = {"xnnpack": XnnpackPartitioner}
+    names = recipe.options.get("partitioners", ["xnnpack"])
+    return [known[n]() for n in names]
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
+    """Export a deploy-form model to .pte bytes and audit what the delegate took."""
+    from executorch.exir import to_edge_transform_and_lower
+
+    program = torch.export.export(model, (example,), strict=False)
+    rank, rank_op = max_tensor_rank(program.graph)
+    ops = op_counts(program.graph)
+    edge = to_edge_transform_and_lower(program, partitioner=_partitioners(recipe))
+    audit = audit_lowered(edge.exported_program().graph_module)
+    audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
+    return ExportedArtifact(edge.to_executorch().buffer, audit)
+
+
+def audit_lowered(gm: torch.fx.GraphModule) -> dict[str, Any]:
+    """Partitions and ops inside/outside the delegates of a lowered edge program."""
+    partitions = 0
+    inside: Counter = Counter()
+    outside: Counter = Counter()
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if "executorch_call_delegate" in str(node.target):
+            partitions += 1
+            lowered = getattr(gm, node.args[0].target)
+            inside.update(_delegated_ops(lowered))
+            continue
+        name = op_name(node)
+        if name not in NON_COMPUTE:
+            outside[name] += 1
+    total = sum(inside.values()) + sum(outside.values())
+    return {
+        "backend": "XnnpackBackend",
+        "partitions": partitions,
+        "ops_delegated": dict(sorted(inside.items())),
+        "ops_outside": dict(sorted(outside.items())),
+        "delegated_share": round(sum(inside.values()) / total, 4) if total else 0.0,
+    }
+
+
+def _delegated_ops(lowered_module: Any) -> Counter:
+    graph = lowered_module.original_module.graph
+    return Counter(op_name(n) for n in graph.nodes if n.op == "call_function" and op_name(n) not in NON_COMPUTE)

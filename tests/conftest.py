@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny LVT variants for plumbing tests, real photos, the edgevit command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgevit.data import load_images
+from edgevit.models import get_entry
+from edgevit.models.lvt import LVT, LVTConfig
+
+EDGEVIT = [sys.executable, "-m", "edgevit.cli"]
+
+TINY = LVTConfig(
+    depths=(1, 1, 1, 1),
+    embed_dims=(16, 16, 32, 32),
+    num_heads=(1, 2, 2, 4),
+    mlp_ratios=(2, 2, 2, 2),
+    num_classes=10,
+)
+
+
+def tiny_lvt(class_attention: bool = False, seed: int = 0) -> LVT:
+    torch.manual_seed(seed)
+    cfg = TINY if not class_attention else LVTConfig(**{**TINY.__dict__, "class_attention_layers": 2})
+    return LVT(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def photos_224() -> torch.Tensor:
+    return load_images(None, get_entry("lvt").input_spec, 224)
+
+
+@pytest.fixture(scope="session")
+def photos_64() -> torch.Tensor:
+    return load_images(None, get_entry("lvt").input_spec, 64)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "EDGEVIT_DEBUG"}
+    return subprocess.run(
+        [*EDGEVIT, *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=env
+    )

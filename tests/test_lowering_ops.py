@@ -1,0 +1,71 @@
+"""Each exact op rewrite against the op it replaces (fp32, max abs diff <= 1e-5), plus refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgevit.lowering.ops import (
+    LinearLayerNorm,
+    fold_k3s2p1_nhwc,
+    linear_silu,
+    one_hot_taps,
+    spatial_mean_nhwc,
+)
+
+TOL = dict(atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 5, 24), (3, 10, 64), (1, 64)])
+def test_linear_layer_norm_matches_layer_norm(shape):
+    torch.manual_seed(0)
+    ln = nn.LayerNorm(shape[-1], eps=1e-6)
+    nn.init.normal_(ln.weight)
+    nn.init.normal_(ln.bias)
+    x = torch.randn(shape) * 3 + 1
+    torch.testing.assert_close(LinearLayerNorm.from_module(ln)(x), ln(x), **TOL)
+
+
+def test_linear_layer_norm_refuses_non_affine():
+    with pytest.raises(ValueError, match="affine"):
+        LinearLayerNorm.from_module(nn.LayerNorm(8, elementwise_affine=False))
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (14, 10)])
+def test_one_hot_depthwise_conv_is_unfold(hw):
+    torch.manual_seed(0)
+    C = 5
+    x = torch.randn(2, C, *hw)
+    taps = F.conv2d(x, one_hot_taps(C, 3), stride=2, padding=1, groups=C)
+    ref = nn.Unfold(3, padding=1, stride=2)(x)  # B, C*9, L
+    torch.testing.assert_close(taps.flatten(2), ref, **TOL)
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (4, 6), (2, 2)])
+def test_phase_fold_is_col2im(hw):
+    torch.manual_seed(0)
+    B, C = 2, 3
+    h, w = hw
+    z = torch.randn(B, C, 9, h, w)  # per channel and tap, one map over patch positions
+    ref = F.fold(z.reshape(B, C * 9, h * w), (2 * h, 2 * w), 3, padding=1, stride=2)
+    taps = [z[:, :, t].permute(0, 2, 3, 1) for t in range(9)]
+    out = fold_k3s2p1_nhwc(taps).permute(0, 3, 1, 2)
+    torch.testing.assert_close(out, ref, **TOL)
+
+
+def test_phase_fold_detects_a_wrong_tap_order():
+    # negative case: the identity depends on the tap order, so a transposed order must not match
+    torch.manual_seed(0)
+    z = torch.randn(1, 2, 9, 4, 4)
+    ref = F.fold(z.reshape(1, 18, 16), (8, 8), 3, padding=1, stride=2)
+    order = [0, 3, 6, 1, 4, 7, 2, 5, 8]
+    taps = [z[:, :, t].permute(0, 2, 3, 1) for t in order]
+    assert (fold_k3s2p1_nhwc(taps).permute(0, 3, 1, 2) - ref).abs().max() > 1e-2
+
+
+def test_spatial_mean_and_silu():
+    x = torch.randn(2, 5, 6, 7)
+    torch.testing.assert_close(spatial_mean_nhwc(x), x.mean(dim=(1, 2)), **TOL)
+    torch.testing.assert_close(linear_silu(x), F.silu(x), **TOL)
