@@ -122,7 +122,7 @@ def export(
         )
     m = result.manifest
     if as_json:
-        print(json.dumps({"artifact": str(result.artifact), "manifest_path": str(result.manifest_path), **m}, indent=2))
+        print(json.dumps({"artifact_path": str(result.artifact), "manifest_path": str(result.manifest_path), **m}, indent=2))
         return
     audit, num = m["audit"], m["numerics"]
     lines = [

@@ -12,16 +12,16 @@ from ..recipe import Gates
 
 # nodes that move no data through compute: bookkeeping of the exported graph
 NON_COMPUTE = {"getitem", "output", "placeholder", "get_attr"}
+_NAMESPACES = {"aten", "dim_order_ops", "quantized_decomposed", "torchao", "executorch_prim"}
 
 
 def op_name(node: torch.fx.Node) -> str:
     """Short op name of a call_function node: ``aten.convolution.default`` -> ``convolution``."""
     target = node.target
-    name = getattr(target, "__name__", str(target))
-    name = name.split(".")[0]
-    for prefix in ("aten_", "dim_order_ops_"):
-        name = name.removeprefix(prefix)
-    return name.lstrip("_") or name
+    parts = getattr(target, "__name__", str(target)).split(".")
+    if len(parts) > 1 and parts[0] in _NAMESPACES:  # edge ops are named "aten.convolution.default"
+        parts = parts[1:]
+    return parts[0].lstrip("_") or parts[0]
 
 
 def max_tensor_rank(graph: torch.fx.Graph) -> tuple[int, str]:

@@ -1,0 +1,122 @@
+"""The edgevit command as a user runs it: a real export of LVT, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.data import load_images
+from edgevit.models import create_model, get_entry
+from edgevit.runtime import open_runner
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """`edgevit export lvt` with a checkpoint the test writes itself (full size, 224x224)."""
+    root = tmp_path_factory.mktemp("export")
+    torch.manual_seed(123)
+    ckpt = root / "lvt.pth.tar"
+    torch.save({"state_dict": create_model("lvt").state_dict(), "epoch": 1}, ckpt)
+    out = root / "out"
+    proc = run_cli("export", "lvt", "--target", "executorch", "--checkpoint", str(ckpt),
+                   "--output-dir", str(out), "--num-images", "4", "--json")
+    return proc, out, ckpt
+
+
+def test_export_writes_a_fully_delegated_pte_and_its_manifest(exported):
+    proc, out, ckpt = exported
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    pte = out / "lvt-executorch-xnnpack-fp32.pte"
+    manifest_path = out / "lvt-executorch-xnnpack-fp32.manifest.json"
+    assert result["artifact_path"] == str(pte) and pte.is_file() and manifest_path.is_file()
+    assert sorted(p.name for p in out.iterdir()) == [manifest_path.name, pte.name]  # no temp files left
+
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["artifact"]["sha256"] == hashlib.sha256(pte.read_bytes()).hexdigest()
+    assert manifest["artifact"]["size_bytes"] == pte.stat().st_size
+    assert manifest["audit"]["partitions"] == 1 and manifest["audit"]["ops_outside"] == {}
+    assert manifest["audit"]["max_rank"] <= 4
+    assert manifest["numerics"]["samples"] == 4 and manifest["numerics"]["runtime"] == "executorch"
+    assert manifest["numerics"]["max_abs_diff"] < 1e-4 and manifest["numerics"]["top1_agreement"] == 1.0
+    assert manifest["lowering"]["vs_training_form"]["max_abs_diff"] <= 1e-4
+    assert manifest["input"]["shape"] == [1, 3, 224, 224]
+    assert manifest["input"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert manifest["weights"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert manifest["gates"] == {"passed": True, "failures": [], "overridden": False}
+    assert manifest["versions"]["executorch"] == "1.5.1"
+
+
+def test_exported_pte_computes_the_checkpoint_model(exported):
+    _, out, ckpt = exported
+    model = create_model("lvt", checkpoint=ckpt).eval()
+    photos = load_images(None, get_entry("lvt").input_spec, 224, limit=2)
+    with torch.no_grad():
+        ref = model(photos).numpy()
+    got = open_runner(out / "lvt-executorch-xnnpack-fp32.pte").run_batch(photos.numpy())
+    assert np.abs(ref - got).max() < 1e-4
+
+
+def test_existing_artifact_needs_force(exported):
+    _, out, _ = exported
+    pte = out / "lvt-executorch-xnnpack-fp32.pte"
+    before = pte.read_bytes()
+    proc = run_cli("export", "lvt", "--output-dir", str(out))
+    assert proc.returncode != 0
+    assert "already exists; pass --force" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert pte.read_bytes() == before
+
+
+def _user_error(*args: str) -> str:
+    proc = run_cli(*args)
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_bad_input_gets_one_line_errors(tmp_path):
+    out = str(tmp_path / "out")
+    assert "unknown model 'lvt_xl'" in _user_error("export", "lvt_xl", "--output-dir", out)
+    assert "target 'tensorrt'" in _user_error("export", "lvt", "--target", "tensorrt", "--output-dir", out)
+    assert "multiple of 32" in _user_error("export", "lvt", "--input-size", "100", "--output-dir", out)
+    assert "checkpoint not found" in _user_error("export", "lvt", "--checkpoint", str(tmp_path / "x.pth"),
+                                                 "--output-dir", out)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x02garbage")
+    assert "cannot be loaded as tensors only" in _user_error("export", "lvt", "--checkpoint", str(corrupt),
+                                                             "--output-dir", out)
+    wrong = tmp_path / "cls.pth"
+    torch.save(create_model("lvt_cls").state_dict(), wrong)
+    assert "unexpected (aux_head.bias" in _user_error("export", "lvt", "--checkpoint", str(wrong),
+                                                      "--output-dir", out)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "cannot create output directory" in _user_error("export", "lvt", "--output-dir", str(blocker / "sub"))
+    assert "unknown recipe" in _user_error("export", "lvt", "--recipe", "nope", "--output-dir", out)
+    assert "image folder not found" in _user_error("export", "lvt", "--images", str(tmp_path / "none"),
+                                                   "--output-dir", out)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_models_json_lists_params_and_macs():
+    proc = run_cli("models", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["lvt"]["params_m"] == pytest.approx(3.687, abs=0.004)
+    assert rows["lvt_cls"]["params_m"] == pytest.approx(5.522, abs=0.006)
+    assert 0.8 < rows["lvt"]["gmacs"] < 0.95 and rows["lvt"]["input_size"] == 224
+
+
+def test_help_explains_export():
+    proc = run_cli("export", "--help")
+    assert proc.returncode == 0
+    assert "--checkpoint" in proc.stdout and "edgevit export lvt" in proc.stdout

@@ -1,0 +1,82 @@
+"""ExecuTorch target on the real runtime: one XNNPACK partition, equal outputs, gates that name the op."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgevit.errors import EdgevitError, GateError
+from edgevit.lowering import lower
+from edgevit.numerics import compare
+from edgevit.recipe import get_recipe
+from edgevit.runtime import open_runner
+from edgevit.targets import executorch as et
+from edgevit.targets.audit import check_gates, raise_on_failures
+
+from .conftest import tiny_lvt
+
+RECIPE = get_recipe("executorch-xnnpack-fp32")
+
+
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory):
+    """The tiny LVT (GAP head and class-attention head) lowered and exported, plus the naive export."""
+    out = {}
+    x = torch.randn(1, 3, 64, 64)
+    for ca in (False, True):
+        model = tiny_lvt(ca)
+        artifact = et.export(lower(model, "executorch"), x, RECIPE)
+        path = tmp_path_factory.mktemp("pte") / f"tiny-{ca}.pte"
+        path.write_bytes(artifact.data)
+        out[ca] = (model, artifact, path)
+    out["naive"] = et.export(tiny_lvt(False), x, RECIPE)
+    return out
+
+
+@pytest.mark.parametrize("ca", [False, True])
+def test_lowered_export_is_one_partition_with_nothing_outside(tiny_exports, ca):
+    _, artifact, _ = tiny_exports[ca]
+    audit = artifact.audit
+    assert audit["partitions"] == 1
+    assert audit["ops_outside"] == {}
+    assert audit["delegated_share"] == 1.0
+    assert audit["max_rank"] <= 4
+    assert audit["ops_delegated"]["bmm"] > 0 and audit["ops_delegated"]["convolution"] > 0
+    assert check_gates(audit, None, RECIPE.gates, RECIPE.name) == []
+
+
+@pytest.mark.parametrize("ca", [False, True])
+def test_pte_runs_and_matches_pytorch_on_photos(tiny_exports, photos_64, ca):
+    model, _, path = tiny_exports[ca]
+    runner = open_runner(path)
+    with torch.no_grad():
+        ref = model(photos_64).numpy()
+    result = compare(ref, runner.run_batch(photos_64.numpy()))
+    assert result["max_abs_diff"] < 1e-4
+    assert result["sqnr_db"] > 60
+    assert result["top1_agreement"] == 1.0
+
+
+def test_naive_export_fails_the_gates_naming_the_op(tiny_exports):
+    audit = tiny_exports["naive"].audit
+    assert audit["partitions"] > 1 and audit["ops_outside"]
+    failures = check_gates(audit, None, RECIPE.gates, RECIPE.name)
+    assert any("partitions" in f for f in failures)
+    assert any("native_layer_norm" in f for f in failures)
+    with pytest.raises(GateError, match="native_layer_norm"):
+        raise_on_failures(failures)
+
+
+def test_numeric_gates():
+    numerics = compare(np.array([[1.0, 2.0]]), np.array([[1.0, 2.5]]))
+    failures = check_gates({}, numerics, RECIPE.gates, RECIPE.name)
+    assert any("max abs diff 0.5" in f for f in failures)
+    assert any("SQNR" in f for f in failures)
+
+
+def test_corrupt_pte_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.pte"
+    bad.write_bytes(b"not a program" * 100)
+    with pytest.raises(EdgevitError, match="not a loadable .pte"):
+        open_runner(bad)
