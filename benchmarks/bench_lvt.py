@@ -1,0 +1,208 @@
+"""LVT latency on this machine: training form in PyTorch eager, training form in onnxruntime (the baseline a
+user has today), and the lowered XNNPACK .pte; plus what the naive ExecuTorch export of the training form gives.
+
+Each measurement runs in its own process, alternating (a b c a b c ...), because two runtimes in one process
+fight over the cores; the figure per path is the median of the per-process medians. Results go to
+benchmarks/results/lvt.json and, with --write-readme, into README.md between the bench markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+RESULTS = ROOT / "benchmarks" / "results" / "lvt.json"
+README = ROOT / "README.md"
+MARK_START, MARK_END = "<!-- bench:lvt:start -->", "<!-- bench:lvt:end -->"
+SIZE = 224
+SEED = 0
+
+PATHS = {
+    "eager": "(a) training form, PyTorch eager",
+    "onnx": "(b) training form, torch.onnx + onnxruntime (baseline)",
+    "pte": "(c) lowered, ExecuTorch XNNPACK .pte",
+}
+
+
+# ------------------------------------------------------------------------------------------ worker side
+
+
+def worker(kind: str, path: str, threads: int, warmup: int, runs: int) -> None:
+    """Time one path in this process and print one JSON line of millisecond samples."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    t0 = time.perf_counter()
+    if kind == "eager":
+        from edgevit.models import create_model
+
+        torch.manual_seed(SEED)
+        model = create_model("lvt").eval()
+        xt = torch.from_numpy(x)
+
+        def run():
+            with torch.no_grad():
+                model(xt)
+    else:
+        from edgevit.runtime import open_runner
+
+        runner = open_runner(path, threads=threads)
+
+        def run():
+            runner.run(x)
+
+    load = time.perf_counter() - t0
+    for _ in range(warmup):
+        run()
+    samples = []
+    for _ in range(runs):
+        s = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - s) * 1e3)
+    print(json.dumps({"kind": kind, "load_s": load, "samples_ms": samples}))
+
+
+# -------------------------------------------------------------------------------------- orchestrator
+
+
+def build_artifacts() -> dict:
+    """Export (b) and (c) fresh, and try the naive export of the training form to ExecuTorch."""
+    import torch
+
+    from edgevit.export import export_model
+    from edgevit.models import create_model
+    from edgevit.recipe import get_recipe
+    from edgevit.targets import executorch as et
+    from edgevit.targets.onnx import export_bytes
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    info: dict = {}
+    torch.manual_seed(SEED)
+    train = create_model("lvt").eval()
+    example = torch.randn(1, 3, SIZE, SIZE)
+
+    t0 = time.perf_counter()
+    (OUT / "lvt-train.onnx").write_bytes(export_bytes(train, example))
+    info["onnx_export_s"] = round(time.perf_counter() - t0, 1)
+
+    result = export_model("lvt", output_dir=OUT, force=True, seed=SEED, num_images=4)
+    info["pte"] = {
+        "export_s": result.manifest["artifact"]["export_seconds"],
+        "size_mb": round(result.manifest["artifact"]["size_bytes"] / 1e6, 2),
+        "partitions": result.manifest["audit"]["partitions"],
+        "ops_outside": sum(result.manifest["audit"]["ops_outside"].values()),
+        "max_abs_diff": result.manifest["numerics"]["max_abs_diff"],
+    }
+
+    naive = et.export(train, example, get_recipe("executorch-xnnpack-fp32"))
+    naive_path = OUT / "lvt-naive.pte"
+    naive_path.write_bytes(naive.data)
+    outside = naive.audit["ops_outside"]
+    probe = subprocess.run(
+        [sys.executable, __file__, "--worker", "pte", "--path", str(naive_path), "--warmup", "0", "--runs", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    err = [ln for ln in probe.stderr.splitlines() if "failed" in ln.lower() or "error" in ln.lower()]
+    info["naive"] = {
+        "partitions": naive.audit["partitions"],
+        "ops_outside": sum(outside.values()),
+        "ops_outside_by_type": dict(sorted(outside.items(), key=lambda kv: -kv[1])[:8]),
+        "runs": probe.returncode == 0,
+        "run_error": (err[-1][:200] if err else probe.stderr.strip()[-200:]) if probe.returncode else "",
+    }
+    return info
+
+
+def measure(rounds: int, runs: int, warmup: int, threads: int) -> dict:
+    per_kind: dict[str, list[float]] = {k: [] for k in PATHS}
+    paths = {"eager": "", "onnx": str(OUT / "lvt-train.onnx"), "pte": str(OUT / "lvt-executorch-xnnpack-fp32.pte")}
+    for r in range(rounds):
+        for kind in PATHS:
+            cmd = [sys.executable, __file__, "--worker", kind, "--path", paths[kind], "--threads", str(threads),
+                   "--warmup", str(warmup), "--runs", str(runs)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            if proc.returncode:
+                raise SystemExit(f"worker {kind} failed: {proc.stderr.strip()[-400:]}")
+            samples = json.loads(proc.stdout.strip().splitlines()[-1])["samples_ms"]
+            per_kind[kind].append(statistics.median(samples))
+            print(f"round {r + 1}/{rounds} {kind:5s} median {per_kind[kind][-1]:.1f} ms", file=sys.stderr)
+    return {k: {"median_ms": statistics.median(v), "per_process_medians_ms": v} for k, v in per_kind.items()}
+
+
+def render(timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> str:
+    base = timing["onnx"]["median_ms"]
+    lines = [
+        f"LVT (`lvt`, {gmacs:.2f} GMACs) at {SIZE}x{SIZE}, batch 1, {args.threads} threads, {platform.machine()}; "
+        f"median of {args.rounds} alternating processes x {args.runs} runs after {args.warmup} warm-up runs "
+        f"(measured {time.strftime('%Y-%m-%d')}).",
+        "",
+        "| path | median ms | vs (b) | GFLOP/s |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind, label in PATHS.items():
+        ms = timing[kind]["median_ms"]
+        gflops = 2 * gmacs / (ms / 1e3)
+        lines.append(f"| {label} | {ms:.1f} | {ms / base:.2f}x | {gflops:.0f} |")
+    n, p = info["naive"], info["pte"]
+    lines += [
+        "",
+        f"(c) is one XNNPACK partition with {p['ops_outside']} ops outside, {p['size_mb']} MB, exported in "
+        f"{p['export_s']:.0f} s, max abs diff {p['max_abs_diff']:.1e} vs PyTorch on real photos.",
+        f"Naive path (training form straight into ExecuTorch + XNNPACK): {n['partitions']} partitions, "
+        f"{n['ops_outside']} ops outside XNNPACK (top: "
+        + ", ".join(f"{k} x{v}" for k, v in n["ops_outside_by_type"].items())
+        + f"); the .pte {'runs' if n['runs'] else 'fails at run time'}"
+        + (f": `{n['run_error']}`" if n["run_error"] else "") + ".",
+    ]
+    return "\n".join(lines)
+
+
+def write_readme(table: str) -> None:
+    text = README.read_text()
+    if MARK_START not in text:
+        raise SystemExit(f"README.md has no {MARK_START} marker")
+    head, rest = text.split(MARK_START, 1)
+    _, tail = rest.split(MARK_END, 1)
+    README.write_text(f"{head}{MARK_START}\n{table}\n{MARK_END}{tail}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", choices=list(PATHS), help=argparse.SUPPRESS)
+    ap.add_argument("--path", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--write-readme", action="store_true", help="Write the table into README.md.")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.path, args.threads, args.warmup, args.runs)
+        return
+
+    from edgevit.export import model_stats
+
+    gmacs = model_stats("lvt")["gmacs"]
+    info = build_artifacts()
+    timing = measure(args.rounds, args.runs, args.warmup, args.threads)
+    table = render(timing, info, gmacs, args)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"gmacs": gmacs, "timing": timing, **info, "threads": args.threads,
+                                   "rounds": args.rounds, "runs": args.runs}, indent=2) + "\n")
+    print(table)
+    if args.write_readme:
+        write_readme(table)
+
+
+if __name__ == "__main__":
+    main()
