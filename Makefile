@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_lvt.py --rounds 3 --runs 30 --write-readme
+	$(BIN)/python benchmarks/bench_lvt.py --rounds 5 --runs 30 --write-readme
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgevit tests benchmarks

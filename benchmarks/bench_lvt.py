@@ -25,6 +25,23 @@ MARK_START, MARK_END = "<!-- bench:lvt:start -->", "<!-- bench:lvt:end -->"
 SIZE = 224
 SEED = 0
 
+
+def sgemm_gflops(threads: int) -> float:
+    """fp32 matmul rate of this machine (2048^3, torch): the practical floor for an fp32 model."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(10):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048**3 / best / 1e9
+
+
 PATHS = {
     "eager": "(a) training form, PyTorch eager",
     "onnx": "(b) training form, torch.onnx + onnxruntime (baseline)",
@@ -109,8 +126,21 @@ def build_artifacts() -> dict:
     naive_path.write_bytes(naive.data)
     outside = naive.audit["ops_outside"]
     probe = subprocess.run(
-        [sys.executable, __file__, "--worker", "pte", "--path", str(naive_path), "--warmup", "0", "--runs", "1"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            "pte",
+            "--path",
+            str(naive_path),
+            "--warmup",
+            "0",
+            "--runs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     err = [ln for ln in probe.stderr.splitlines() if "failed" in ln.lower() or "error" in ln.lower()]
     info["naive"] = {
@@ -125,11 +155,27 @@ def build_artifacts() -> dict:
 
 def measure(rounds: int, runs: int, warmup: int, threads: int) -> dict:
     per_kind: dict[str, list[float]] = {k: [] for k in PATHS}
-    paths = {"eager": "", "onnx": str(OUT / "lvt-train.onnx"), "pte": str(OUT / "lvt-executorch-xnnpack-fp32.pte")}
+    paths = {
+        "eager": "",
+        "onnx": str(OUT / "lvt-train.onnx"),
+        "pte": str(OUT / "lvt-executorch-xnnpack-fp32.pte"),
+    }
     for r in range(rounds):
         for kind in PATHS:
-            cmd = [sys.executable, __file__, "--worker", kind, "--path", paths[kind], "--threads", str(threads),
-                   "--warmup", str(warmup), "--runs", str(runs)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                kind,
+                "--path",
+                paths[kind],
+                "--threads",
+                str(threads),
+                "--warmup",
+                str(warmup),
+                "--runs",
+                str(runs),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             if proc.returncode:
                 raise SystemExit(f"worker {kind} failed: {proc.stderr.strip()[-400:]}")
@@ -154,15 +200,20 @@ def render(timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> 
         gflops = 2 * gmacs / (ms / 1e3)
         lines.append(f"| {label} | {ms:.1f} | {ms / base:.2f}x | {gflops:.0f} |")
     n, p = info["naive"], info["pte"]
+    floor_ms = 2 * gmacs / info["sgemm_gflops"] * 1e3
     lines += [
         "",
+        f"fp32 sgemm on this machine reaches {info['sgemm_gflops']:.0f} GFLOP/s ({args.threads} threads), so "
+        f"{2 * gmacs:.2f} GFLOP take at least {floor_ms:.1f} ms: (c) runs at "
+        f"{timing['pte']['median_ms'] / floor_ms:.2f}x that floor.",
         f"(c) is one XNNPACK partition with {p['ops_outside']} ops outside, {p['size_mb']} MB, exported in "
         f"{p['export_s']:.0f} s, max abs diff {p['max_abs_diff']:.1e} vs PyTorch on real photos.",
         f"Naive path (training form straight into ExecuTorch + XNNPACK): {n['partitions']} partitions, "
         f"{n['ops_outside']} ops outside XNNPACK (top: "
         + ", ".join(f"{k} x{v}" for k, v in n["ops_outside_by_type"].items())
         + f"); the .pte {'runs' if n['runs'] else 'fails at run time'}"
-        + (f": `{n['run_error']}`" if n["run_error"] else "") + ".",
+        + (f": `{n['run_error']}`" if n["run_error"] else "")
+        + ".",
     ]
     return "\n".join(lines)
 
@@ -180,6 +231,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=list(PATHS), help=argparse.SUPPRESS)
     ap.add_argument("--path", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--sgemm", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=30)
@@ -189,16 +241,38 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.path, args.threads, args.warmup, args.runs)
         return
+    if args.sgemm:
+        print(json.dumps({"gflops": sgemm_gflops(args.threads)}))
+        return
 
     from edgevit.export import model_stats
 
     gmacs = model_stats("lvt")["gmacs"]
     info = build_artifacts()
     timing = measure(args.rounds, args.runs, args.warmup, args.threads)
+    sgemm = subprocess.run(
+        [sys.executable, __file__, "--sgemm", "--threads", str(args.threads)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    info["sgemm_gflops"] = round(json.loads(sgemm.stdout.strip().splitlines()[-1])["gflops"], 1)
     table = render(timing, info, gmacs, args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"gmacs": gmacs, "timing": timing, **info, "threads": args.threads,
-                                   "rounds": args.rounds, "runs": args.runs}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "gmacs": gmacs,
+                "timing": timing,
+                **info,
+                "threads": args.threads,
+                "rounds": args.rounds,
+                "runs": args.runs,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(table)
     if args.write_readme:
         write_readme(table)

@@ -86,7 +86,8 @@ def export(
     output_dir: Annotated[Path, typer.Option(help="Where the artifact and its manifest go.")] = Path("artifacts"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing artifact.")] = False,
     images: Annotated[
-        Path | None, typer.Option(help="Folder of JPEG/PNG photos for numerics; default: scikit-image's photos.")
+        Path | None,
+        typer.Option(help="Folder of JPEG/PNG photos for numerics; default: scikit-image's photos."),
     ] = None,
     num_images: Annotated[int, typer.Option(min=1, help="How many photos to compare on.")] = 8,
     allow_gate_failures: Annotated[
@@ -122,11 +123,17 @@ def export(
         )
     m = result.manifest
     if as_json:
-        print(json.dumps({"artifact_path": str(result.artifact), "manifest_path": str(result.manifest_path), **m}, indent=2))
+        print(
+            json.dumps(
+                {"artifact_path": str(result.artifact), "manifest_path": str(result.manifest_path), **m},
+                indent=2,
+            )
+        )
         return
     audit, num = m["audit"], m["numerics"]
     lines = [
-        f"[bold]{result.artifact}[/] ({m['artifact']['size_bytes'] / 1e6:.1f} MB, {m['artifact']['export_seconds']:.0f} s)",
+        f"[bold]{result.artifact}[/] ({m['artifact']['size_bytes'] / 1e6:.1f} MB, "
+        f"exported in {m['artifact']['export_seconds']:.0f} s)",
         f"  delegate: {audit['partitions']} {audit['backend']} partition(s), "
         f"{audit['delegated_share'] * 100:.1f}% of ops delegated, {sum(audit['ops_outside'].values())} outside, "
         f"max rank {audit['max_rank']}",

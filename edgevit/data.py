@@ -64,7 +64,9 @@ def preprocess(path: Path, spec: InputSpec, size: int) -> torch.Tensor:
             img = img.crop((left, top, left + size, top + size))
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as e:
-        raise EdgevitError(f"cannot read image {path} ({e.__class__.__name__}); remove it or convert it to PNG") from None
+        raise EdgevitError(
+            f"cannot read image {path} ({e.__class__.__name__}); remove it or convert it to PNG"
+        ) from None
     if arr.ndim == 2:
         arr = arr[:, :, None]
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)

@@ -45,8 +45,10 @@ def _target_module(target: str):
 def resolve_recipe(target: str, recipe: str | None) -> Recipe:
     chosen = default_recipe(target) if recipe is None else get_recipe(recipe)
     if chosen.target != target:
-        raise EdgevitError(f"recipe {chosen.name} builds for target '{chosen.target}', not '{target}'; "
-                           f"pass --target {chosen.target} or another recipe")
+        raise EdgevitError(
+            f"recipe {chosen.name} builds for target '{chosen.target}', not '{target}'; "
+            f"pass --target {chosen.target} or another recipe"
+        )
     return chosen
 
 
@@ -138,7 +140,10 @@ def export_model(
             "weights": (
                 {"checkpoint": str(checkpoint), "sha256": _sha256(Path(checkpoint).read_bytes())}
                 if checkpoint
-                else {"checkpoint": None, "note": f"random init (seed {seed}): pass --checkpoint for real weights"}
+                else {
+                    "checkpoint": None,
+                    "note": f"random init (seed {seed}): pass --checkpoint for real weights",
+                }
             ),
             "input": {
                 "name": "image",
@@ -165,8 +170,11 @@ def export_model(
             },
             "audit": exported.audit,
             "lowering": {"vs_training_form": lowering_numerics},
-            "numerics": {"reference": "PyTorch fp32 training form", "images": [p.name for p in photo_paths],
-                         **numerics},
+            "numerics": {
+                "reference": "PyTorch fp32 training form",
+                "images": [p.name for p in photo_paths],
+                **numerics,
+            },
             "gates": {"passed": not failures, "failures": failures, "overridden": bool(failures)},
             "versions": tool_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -15,7 +15,9 @@ def ensure_writable_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise EdgevitError(f"cannot create output directory {folder} ({e.strerror}); choose another --output-dir") from None
+        raise EdgevitError(
+            f"cannot create output directory {folder} ({e.strerror}); choose another --output-dir"
+        ) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise EdgevitError(f"output directory {folder} is not writable; choose another --output-dir")
 

@@ -139,7 +139,5 @@ def get_recipe(name_or_path: str) -> Recipe:
 
 def default_recipe(target: str) -> Recipe:
     if target not in DEFAULT_RECIPES:
-        raise EdgevitError(
-            f"target '{target}' has no recipe yet; available targets: {', '.join(DEFAULT_RECIPES)}"
-        )
+        raise EdgevitError(f"target '{target}' has no recipe yet; available targets: {', '.join(DEFAULT_RECIPES)}")
     return get_recipe(DEFAULT_RECIPES[target])

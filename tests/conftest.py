@@ -43,6 +43,4 @@ def photos_64() -> torch.Tensor:
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "EDGEVIT_DEBUG"}
-    return subprocess.run(
-        [*EDGEVIT, *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=env
-    )
+    return subprocess.run([*EDGEVIT, *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=env)

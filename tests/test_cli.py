@@ -24,8 +24,19 @@ def exported(tmp_path_factory):
     ckpt = root / "lvt.pth.tar"
     torch.save({"state_dict": create_model("lvt").state_dict(), "epoch": 1}, ckpt)
     out = root / "out"
-    proc = run_cli("export", "lvt", "--target", "executorch", "--checkpoint", str(ckpt),
-                   "--output-dir", str(out), "--num-images", "4", "--json")
+    proc = run_cli(
+        "export",
+        "lvt",
+        "--target",
+        "executorch",
+        "--checkpoint",
+        str(ckpt),
+        "--output-dir",
+        str(out),
+        "--num-images",
+        "4",
+        "--json",
+    )
     return proc, out, ckpt
 
 
@@ -88,22 +99,24 @@ def test_bad_input_gets_one_line_errors(tmp_path):
     assert "unknown model 'lvt_xl'" in _user_error("export", "lvt_xl", "--output-dir", out)
     assert "target 'tensorrt'" in _user_error("export", "lvt", "--target", "tensorrt", "--output-dir", out)
     assert "multiple of 32" in _user_error("export", "lvt", "--input-size", "100", "--output-dir", out)
-    assert "checkpoint not found" in _user_error("export", "lvt", "--checkpoint", str(tmp_path / "x.pth"),
-                                                 "--output-dir", out)
+    assert "checkpoint not found" in _user_error(
+        "export", "lvt", "--checkpoint", str(tmp_path / "x.pth"), "--output-dir", out
+    )
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x80\x02garbage")
-    assert "cannot be loaded as tensors only" in _user_error("export", "lvt", "--checkpoint", str(corrupt),
-                                                             "--output-dir", out)
+    assert "cannot be loaded as tensors only" in _user_error(
+        "export", "lvt", "--checkpoint", str(corrupt), "--output-dir", out
+    )
     wrong = tmp_path / "cls.pth"
     torch.save(create_model("lvt_cls").state_dict(), wrong)
-    assert "unexpected (aux_head.bias" in _user_error("export", "lvt", "--checkpoint", str(wrong),
-                                                      "--output-dir", out)
+    assert "unexpected (aux_head.bias" in _user_error("export", "lvt", "--checkpoint", str(wrong), "--output-dir", out)
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert "cannot create output directory" in _user_error("export", "lvt", "--output-dir", str(blocker / "sub"))
     assert "unknown recipe" in _user_error("export", "lvt", "--recipe", "nope", "--output-dir", out)
-    assert "image folder not found" in _user_error("export", "lvt", "--images", str(tmp_path / "none"),
-                                                   "--output-dir", out)
+    assert "image folder not found" in _user_error(
+        "export", "lvt", "--images", str(tmp_path / "none"), "--output-dir", out
+    )
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

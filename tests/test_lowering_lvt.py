@@ -26,6 +26,14 @@ def test_deploy_csa_equals_csa(B, H, W, C, heads):
         torch.testing.assert_close(DeployCSA.from_module(m)(x), m(x), **TOL)
 
 
+def test_csa_patches_are_unfold():
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 6, 3)  # NHWC
+    taps = torch.stack(DeployCSA.patches(x), dim=-1)  # B, h, w, C, 9
+    ref = torch.nn.Unfold(3, padding=1, stride=2)(x.permute(0, 3, 1, 2))  # B, C*9, h*w
+    torch.testing.assert_close(taps.permute(0, 3, 4, 1, 2).reshape(2, 27, 15), ref, **TOL)
+
+
 def test_deploy_csa_refuses_other_kernels():
     with pytest.raises(ValueError, match="kernel 3"):
         DeployCSA.from_module(CSA(8, 1, kernel_size=5))
@@ -67,8 +75,19 @@ def test_deploy_graph_has_only_mobile_ops(class_attention):
     deploy = lower(tiny_lvt(class_attention), "executorch")
     graph = torch.export.export(deploy, (torch.randn(1, 3, 64, 64),)).graph
     ops = op_counts(graph)
-    for banned in ("im2col", "col2im", "unfold", "index", "index_put", "gather", "scatter", "layer_norm",
-                   "native_layer_norm", "expand", "select"):
+    for banned in (
+        "im2col",
+        "col2im",
+        "unfold",
+        "index",
+        "index_put",
+        "gather",
+        "scatter",
+        "layer_norm",
+        "native_layer_norm",
+        "expand",
+        "select",
+    ):
         assert ops.get(banned, 0) == 0, banned
     assert max_tensor_rank(graph)[0] <= 4
     # the training form does contain the hazards the lowering removes

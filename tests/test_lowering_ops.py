@@ -11,7 +11,6 @@ from edgevit.lowering.ops import (
     LinearLayerNorm,
     fold_k3s2p1_nhwc,
     linear_silu,
-    one_hot_taps,
     spatial_mean_nhwc,
 )
 
@@ -31,16 +30,6 @@ def test_linear_layer_norm_matches_layer_norm(shape):
 def test_linear_layer_norm_refuses_non_affine():
     with pytest.raises(ValueError, match="affine"):
         LinearLayerNorm.from_module(nn.LayerNorm(8, elementwise_affine=False))
-
-
-@pytest.mark.parametrize("hw", [(8, 8), (14, 10)])
-def test_one_hot_depthwise_conv_is_unfold(hw):
-    torch.manual_seed(0)
-    C = 5
-    x = torch.randn(2, C, *hw)
-    taps = F.conv2d(x, one_hot_taps(C, 3), stride=2, padding=1, groups=C)
-    ref = nn.Unfold(3, padding=1, stride=2)(x)  # B, C*9, L
-    torch.testing.assert_close(taps.flatten(2), ref, **TOL)
 
 
 @pytest.mark.parametrize("hw", [(8, 8), (4, 6), (2, 2)])

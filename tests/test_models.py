@@ -58,7 +58,7 @@ def test_features_only_returns_four_nchw_stages(size):
     with torch.no_grad():
         feats = model(torch.randn(1, 3, size, size))
     assert [tuple(f.shape) for f in feats] == [
-        (1, c, size // r, size // r) for c, r in zip((64, 64, 160, 256), (4, 8, 16, 32))
+        (1, c, size // r, size // r) for c, r in zip((64, 64, 160, 256), (4, 8, 16, 32), strict=True)
     ]
 
 

@@ -28,7 +28,10 @@ def test_user_recipe_file(tmp_path):
         ("target: executorch\nprecision: fp32\n", "field 'name' is required"),
         ("name: x\ntarget: tensorrt\nprecision: fp32\n", "field 'target' is 'tensorrt'"),
         ("name: x\ntarget: executorch\nprecision: int3\n", "field 'precision' is 'int3'"),
-        ("name: x\ntarget: executorch\nprecision: fp32\ngates: {max_partitions: -1}\n", "non-negative integer"),
+        (
+            "name: x\ntarget: executorch\nprecision: fp32\ngates: {max_partitions: -1}\n",
+            "non-negative integer",
+        ),
         ("name: x\ntarget: executorch\nprecision: fp32\ngates: {speed: 1}\n", "unknown gate 'speed'"),
         ("name: x\ntarget: executorch\nprecision: fp32\ncolour: red\n", "unknown field 'colour'"),
         ("name: [unclosed\n", "not valid YAML at line"),

@@ -28,8 +28,9 @@ def lower(model: nn.Module, target: str = "executorch") -> nn.Module:
         raise EdgevitError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
     build = _LOWERINGS.get(type(model))
     if build is None:
-        raise EdgevitError(f"no lowering for {type(model).__name__}; lowered families: "
-                           f"{', '.join(t.__name__ for t in _LOWERINGS)}")
+        raise EdgevitError(
+            f"no lowering for {type(model).__name__}; lowered families: {', '.join(t.__name__ for t in _LOWERINGS)}"
+        )
     return build(model).eval()
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import lvt as train
-from .ops import LinearLayerNorm, fold_k3s2p1_nhwc, linear_silu, one_hot_taps, spatial_mean_nhwc
+from .ops import LinearLayerNorm, fold_k3s2p1_nhwc, linear_silu, spatial_mean_nhwc
 
 __all__ = ["DeployLVT", "DeployCSA", "DeployRASA", "DeployClassBlock"]
 
@@ -43,17 +43,19 @@ def _conv_copy(conv: nn.Conv2d) -> nn.Conv2d:
 
 
 class DeployCSA(nn.Module):
-    """CSA with im2col as a one-hot depthwise conv, per-tap values as a bmm over taps, fold as phases.
+    """CSA on NHWC tensors with no conv, no im2col and no col2im: slices, two ``bmm`` and a phase fold.
 
-    Attention rows are ordered (B, location, head) so the logits need no transpose; values are brought to
-    the same order with one rank-4 permute.
+    The 3x3 stride-2 patches are strided slices of the padded map, taken as stride-1 slices of a view
+    that splits rows and columns into (block, parity); the 2x2 average pool is the mean of four of those
+    taps; the per-tap value weights are one ``bmm`` over taps; the attention is a ``bmm`` over
+    (location, head); the overlap-add is :func:`fold_k3s2p1_nhwc`. Staying NHWC means XNNPACK needs no
+    layout copies around convolutions, which dominate a conv-based form of this block.
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
-        self.register_buffer("taps_weight", one_hot_taps(dim, 3))
         self.attn = nn.Linear(dim, 81 * num_heads)
         self.register_buffer("value_weight", torch.zeros(9, dim, dim))  # per tap: (C_in, C_out)
         self.proj = nn.Linear(dim, dim)
@@ -64,8 +66,8 @@ class DeployCSA(nn.Module):
         if (m.kernel_size, m.stride, m.padding) != (3, 2, 1):
             raise ValueError("DeployCSA supports the LVT setting: kernel 3, stride 2, padding 1")
         new = cls(m.dim, m.num_heads)
-        # the softmax scale is folded into the logits' Linear: scale*(Wx + b) = (scale*W)x + scale*b
-        new.attn.weight.copy_(m.attn.weight * m.scale)
+        # folded into the logits' Linear: the softmax scale, scale*(Wx + b), and the pool's 1/4, W(sum/4)
+        new.attn.weight.copy_(m.attn.weight * (m.scale / 4))
         new.attn.bias.copy_(m.attn.bias * m.scale)
         C = m.dim
         # grouped 1x1 conv weight (9C, C, 1, 1): group t maps tap t's inputs to outputs t*C..t*C+C-1
@@ -73,26 +75,39 @@ class DeployCSA(nn.Module):
         new.proj.load_state_dict(m.proj.state_dict())
         return new
 
+    @staticmethod
+    def patches(x: torch.Tensor) -> list[torch.Tensor]:
+        """The nine taps of 3x3 patches at stride 2, padding 1: ``taps[ki*3+kj][b, m, n] = x[b, 2m+ki-1, 2n+kj-1]``."""
+        B, H, W, C = x.shape
+        h, w = H // 2, W // 2
+        padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # B, 2(h+1), 2(w+1), C
+        rows = padded.reshape(B, h + 1, 2, 2 * (w + 1) * C)  # row = 2*block + parity
+        taps = []
+        for ki in range(3):
+            row = rows[:, ki // 2 : ki // 2 + h, ki % 2 : ki % 2 + 1].reshape(B * h, w + 1, 2, C)
+            for kj in range(3):
+                tap = row[:, kj // 2 : kj // 2 + w, kj % 2 : kj % 2 + 1]
+                taps.append(tap.reshape(B, h, w, C))
+        return taps
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        h, w, heads = H // 2, W // 2, self.num_heads
+        L, heads = (H // 2) * (W // 2), self.num_heads
         d = C // heads
-        x_nchw = x.permute(0, 3, 1, 2)
+        taps = self.patches(x)
 
-        # attention logits: 2x2 average pool, Linear -> (B*L*heads, 9 out taps, 9 in taps)
-        pooled = F.avg_pool2d(x_nchw, 2, 2).permute(0, 2, 3, 1)
-        attn = self.attn(pooled).reshape(B * h * w * heads, 9, 9).softmax(dim=-1)
+        # logits from the 2x2 average pool (taps (1,1), (1,2), (2,1), (2,2); the 1/4 is in the weights)
+        pooled = taps[4] + taps[5] + taps[7] + taps[8]
+        attn = self.attn(pooled).reshape(B * L * heads, 9, 9).softmax(dim=-1)  # rows: (b, location, head)
 
-        # im2col without im2col: channel c*9 + t holds tap t of channel c
-        patches = F.conv2d(x_nchw, self.taps_weight, stride=2, padding=1, groups=C)
-        patches = patches.reshape(B, C, 9, h * w).permute(2, 0, 3, 1).reshape(9, B * h * w, C)
-        values = torch.bmm(patches, self.value_weight)  # 9, B*L, C: per-tap linear map
-        values = values.reshape(9, B * h * w, heads, d).permute(1, 2, 0, 3).reshape(B * h * w * heads, 9, d)
+        stacked = torch.cat([t.reshape(1, B * L, C) for t in taps], dim=0)  # 9, B*L, C
+        values = torch.bmm(stacked, self.value_weight)  # per-tap linear map
+        values = values.reshape(9, B * L * heads, d).transpose(0, 1)  # B*L*heads, 9, d
 
-        out = torch.bmm(attn, values)  # B*L*heads, 9, d
-        out = out.reshape(B * h * w, heads, 9, d).permute(2, 0, 1, 3).reshape(9, B * h, w, C)
-        taps = [out.narrow(0, t, 1).reshape(B, h, w, C) for t in range(9)]  # narrow: select is not delegated
-        return self.proj(fold_k3s2p1_nhwc(taps))
+        out = torch.bmm(attn, values).reshape(B * L, heads, 9, d)
+        # slice each output tap (stride-1 slice; select has no XNNPACK node)
+        out_taps = [out[:, :, t : t + 1].reshape(B, H // 2, W // 2, C) for t in range(9)]
+        return self.proj(fold_k3s2p1_nhwc(out_taps))
 
 
 class DeployRASA(nn.Module):
@@ -271,9 +286,7 @@ class DeployLVT(nn.Module):
         cfg = model.cfg
         self.aux_weight = cfg.aux_weight
         self.stages = nn.ModuleList(
-            nn.Sequential(
-                DeployPatchEmbed.from_module(stage[0]), *(DeployBlock.from_module(b) for b in stage[1])
-            )
+            nn.Sequential(DeployPatchEmbed.from_module(stage[0]), *(DeployBlock.from_module(b) for b in stage[1]))
             for stage in model.backbone
         )
         self.norm = LinearLayerNorm.from_module(model.norm)

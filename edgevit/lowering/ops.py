@@ -15,7 +15,6 @@ from torch import nn
 __all__ = [
     "LinearLayerNorm",
     "linear_silu",
-    "one_hot_taps",
     "fold_k3s2p1_nhwc",
     "spatial_mean_nhwc",
 ]
@@ -50,17 +49,6 @@ class LinearLayerNorm(nn.Module):
 def linear_silu(x: torch.Tensor) -> torch.Tensor:
     """SiLU as x * sigmoid(x): ``silu`` has no XNNPACK node in ExecuTorch, sigmoid and mul do."""
     return x * torch.sigmoid(x)
-
-
-def one_hot_taps(channels: int, kernel_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Depthwise conv weight that copies each k x k tap of each channel to its own output channel.
-
-    ``conv2d(x, w, stride=s, padding=p, groups=C)`` with this weight equals ``nn.Unfold(k, padding=p,
-    stride=s)`` (im2col) with output channel c*k*k + t, without an im2col op.
-    """
-    k2 = kernel_size * kernel_size
-    eye = torch.eye(k2, dtype=dtype).reshape(k2, 1, kernel_size, kernel_size)
-    return eye.repeat(channels, 1, 1, 1)
 
 
 def _shift_up(x: torch.Tensor, dim: int) -> torch.Tensor:

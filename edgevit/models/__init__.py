@@ -5,7 +5,15 @@ from __future__ import annotations
 from functools import partial
 
 from .lvt import LVT, LVT_CONFIGS, LVTConfig, checkpoint_filter_fn
-from .registry import InputSpec, ModelEntry, check_input_size, create_model, get_entry, list_models, register_model
+from .registry import (
+    InputSpec,
+    ModelEntry,
+    check_input_size,
+    create_model,
+    get_entry,
+    list_models,
+    register_model,
+)
 
 
 def _build_lvt(name: str, num_classes: int | None = None, features_only: bool = False, **kwargs) -> LVT:

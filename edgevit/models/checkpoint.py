@@ -48,8 +48,7 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise EdgevitError(
-            f"checkpoint {path} holds no state_dict (expected tensors, bare or under one of "
-            f"{', '.join(_NESTED_KEYS)})"
+            f"checkpoint {path} holds no state_dict (expected tensors, bare or under one of {', '.join(_NESTED_KEYS)})"
         )
     # DataParallel / DDP prefix
     if obj and all(k.startswith("module.") for k in obj):

@@ -409,7 +409,7 @@ class LVT(nn.Module):
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The four stage outputs, each through its own LayerNorm, as NCHW (dense tasks)."""
         outs = []
-        for stage, norm in zip(self.backbone, self.downstream_norms):
+        for stage, norm in zip(self.backbone, self.downstream_norms, strict=True):
             x = stage(x)
             outs.append(norm(x).permute(0, 3, 1, 2).contiguous())
         return outs

@@ -46,8 +46,10 @@ def check_gates(audit: dict[str, Any], numerics: dict[str, float] | None, gates:
     failures = []
     parts = audit.get("partitions")
     if gates.max_partitions is not None and parts is not None and parts > gates.max_partitions:
-        failures.append(f"{parts} delegate partitions (max {gates.max_partitions}); ops between them: "
-                        f"{_top(audit.get('ops_outside', {}))}")
+        failures.append(
+            f"{parts} delegate partitions (max {gates.max_partitions}); ops between them: "
+            f"{_top(audit.get('ops_outside', {}))}"
+        )
     outside = audit.get("ops_outside", {})
     n_out = sum(outside.values())
     if gates.max_ops_outside is not None and n_out > gates.max_ops_outside:

@@ -15,7 +15,14 @@ def export_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = 18)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            model.eval(), (example,), str(path), dynamo=True, opset_version=opset,
-            input_names=["image"], output_names=["logits"], external_data=False, verbose=False,
+            model.eval(),
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["logits"],
+            external_data=False,
+            verbose=False,
         )
         return path.read_bytes()
