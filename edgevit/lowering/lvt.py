@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import lvt as train
-from .ops import LinearLayerNorm, fold_k3s2p1_nhwc, linear_silu, spatial_mean_nhwc
+from .ops import LinearLayerNorm, ShortRowSoftmax, fold_k3s2p1_nhwc, linear_silu, spatial_mean_nhwc
 
 __all__ = ["DeployLVT", "DeployCSA", "DeployRASA", "DeployClassBlock"]
 
@@ -58,6 +58,7 @@ class DeployCSA(nn.Module):
         self.num_heads = num_heads
         self.attn = nn.Linear(dim, 81 * num_heads)
         self.register_buffer("value_weight", torch.zeros(9, dim, dim))  # per tap: (C_in, C_out)
+        self.softmax = ShortRowSoftmax(9)
         self.proj = nn.Linear(dim, dim)
 
     @classmethod
@@ -98,7 +99,8 @@ class DeployCSA(nn.Module):
 
         # logits from the 2x2 average pool (taps (1,1), (1,2), (2,1), (2,2); the 1/4 is in the weights)
         pooled = taps[4] + taps[5] + taps[7] + taps[8]
-        attn = self.attn(pooled).reshape(B * L * heads, 9, 9).softmax(dim=-1)  # rows: (b, location, head)
+        attn = self.softmax(self.attn(pooled).reshape(1, B * L * heads, 9, 9))
+        attn = attn.reshape(B * L * heads, 9, 9)  # rows: (b, location, head)
 
         stacked = torch.cat([t.reshape(1, B * L, C) for t in taps], dim=0)  # 9, B*L, C
         values = torch.bmm(stacked, self.value_weight)  # per-tap linear map
@@ -182,9 +184,13 @@ class DeployRASA(nn.Module):
 
 
 class DeployMlp(nn.Module):
-    """MLP with 1x1 convs as Linear on NHWC tokens; only the depthwise 3x3 sees an NCHW view."""
+    """MLP: Linear-GELU-Linear on tokens, or (stages 2-4) the 1x1 / depthwise / 1x1 convs on an NCHW view.
 
-    def __init__(self, fc1: nn.Linear, fc2: nn.Linear, depconv: nn.Conv2d | None) -> None:
+    The conv form changes layout on the narrow side (C channels) instead of around the depthwise conv
+    (4-8x C channels): XNNPACK runs convs NHWC and copies at every NCHW boundary.
+    """
+
+    def __init__(self, fc1: nn.Module, fc2: nn.Module, depconv: nn.Conv2d | None) -> None:
         super().__init__()
         self.fc1 = fc1
         self.depconv = depconv
@@ -193,15 +199,15 @@ class DeployMlp(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_module(cls, m: train.Mlp) -> DeployMlp:
-        fc1 = _linear(m.fc1.weight, m.fc1.bias)
-        fc2 = _linear(m.fc2.weight, m.fc2.bias)
-        return cls(fc1, fc2, _conv_copy(m.depconv) if m.depthwise else None)
+        if m.depthwise:
+            return cls(_conv_copy(m.fc1), _conv_copy(m.fc2), _conv_copy(m.depconv))
+        return cls(_linear(m.fc1.weight, m.fc1.bias), _linear(m.fc2.weight, m.fc2.bias), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc1(x)
-        if self.depconv is not None:
-            x = self.depconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return self.fc2(F.gelu(x))
+        if self.depconv is None:
+            return self.fc2(F.gelu(self.fc1(x)))
+        x = self.depconv(self.fc1(x.permute(0, 3, 1, 2)))
+        return self.fc2(F.gelu(x)).permute(0, 2, 3, 1)
 
 
 class DeployBlock(nn.Module):

@@ -14,6 +14,7 @@ from torch import nn
 
 __all__ = [
     "LinearLayerNorm",
+    "ShortRowSoftmax",
     "linear_silu",
     "fold_k3s2p1_nhwc",
     "spatial_mean_nhwc",
@@ -49,6 +50,22 @@ class LinearLayerNorm(nn.Module):
 def linear_silu(x: torch.Tensor) -> torch.Tensor:
     """SiLU as x * sigmoid(x): ``silu`` has no XNNPACK node in ExecuTorch, sigmoid and mul do."""
     return x * torch.sigmoid(x)
+
+
+class ShortRowSoftmax(nn.Module):
+    """Softmax over a short last axis (CSA's 9 taps) as max, sub, exp, a Linear sum and a divide.
+
+    XNNPACK's softmax operator pays a fixed cost per row, which dominates when rows hold 9 values
+    (CSA has L*heads*9 of them); these five element-wise passes do not. Input and output are rank 4.
+    """
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        self.register_buffer("ones", torch.ones(1, length))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = torch.exp(x - torch.max(x, dim=3, keepdim=True)[0])  # XNNPACK reduces dim 2 or 3 of rank 4
+        return e / F.linear(e, self.ones)
 
 
 def _shift_up(x: torch.Tensor, dim: int) -> torch.Tensor:
