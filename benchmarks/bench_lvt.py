@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+from readme_table import write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 RESULTS = ROOT / "benchmarks" / "results" / "lvt.json"
-README = ROOT / "README.md"
-MARK_START, MARK_END = "<!-- bench:lvt:start -->", "<!-- bench:lvt:end -->"
 SIZE = 224
 SEED = 0
 
@@ -218,15 +218,6 @@ def render(timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> 
     return "\n".join(lines)
 
 
-def write_readme(table: str) -> None:
-    text = README.read_text()
-    if MARK_START not in text:
-        raise SystemExit(f"README.md has no {MARK_START} marker")
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    README.write_text(f"{head}{MARK_START}\n{table}\n{MARK_END}{tail}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", choices=list(PATHS), help=argparse.SUPPRESS)
@@ -275,7 +266,7 @@ def main() -> None:
     )
     print(table)
     if args.write_readme:
-        write_readme(table)
+        write_section("lvt", table)
 
 
 if __name__ == "__main__":
