@@ -96,7 +96,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--write-readme", action="store_true", help="Write the result into README.md.")
-    ap.add_argument("--write-readme", action="store_true", help="Write the result into README.md.")
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.runs)
