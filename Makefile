@@ -17,7 +17,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/edgevit models
-	$(BIN)/edgevit export lvt --target executorch --output-dir $(OUT) --force
+	$(BIN)/edgevit export lvt --target all --output-dir $(OUT) --force
+	$(BIN)/edgevit verify $(OUT)/lvt-executorch-xnnpack-fp32.pte
 	$(BIN)/python benchmarks/bench_lvt.py --rounds 3 --runs 30
 
 test: $(STAMP)

@@ -76,7 +76,7 @@ def build(out_dir: Path) -> dict[str, Path]:
         artifact = et.export(NCHWInput(block), x, recipe)
         assert artifact.audit["partitions"] == 1 and not artifact.audit["ops_outside"], artifact.audit
         paths[name] = out_dir / f"csa-fold-{name}.pte"
-        paths[name].write_bytes(artifact.data)
+        artifact.write(paths[name])
     return paths
 
 

@@ -123,7 +123,7 @@ def build_artifacts() -> dict:
 
     naive = et.export(train, example, get_recipe("executorch-xnnpack-fp32"))
     naive_path = OUT / "lvt-naive.pte"
-    naive_path.write_bytes(naive.data)
+    naive.write(naive_path)
     outside = naive.audit["ops_outside"]
     probe = subprocess.run(
         [

@@ -33,6 +33,8 @@ Examples:
   edgevit export lvt_cls --checkpoint lvt_cls.pth.tar --output-dir build --force
 
   edgevit export lvt --input-size 256 --json
+
+  edgevit export lvt --target all --output-dir build
 """
 
 
@@ -75,7 +77,9 @@ def recipes(
 @app.command(epilog=EXPORT_EXAMPLES)
 def export(
     model: Annotated[str, typer.Argument(help="Model name (see `edgevit models`).")],
-    target: Annotated[str, typer.Option(help="executorch (more targets: see `edgevit recipes`).")] = "executorch",
+    target: Annotated[
+        str, typer.Option(help="executorch (.pte), coreml (.mlpackage), onnx, or all (every default recipe).")
+    ] = "executorch",
     recipe: Annotated[
         str | None, typer.Option(help="Recipe name or YAML file; default: the target's default recipe.")
     ] = None,
@@ -96,6 +100,76 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Export MODEL for a target: lower, convert, verify on real photos, gate, write artifact + manifest."""
+    from .recipe import DEFAULT_RECIPES
+
+    options = dict(
+        recipe=recipe,
+        checkpoint=checkpoint,
+        input_size=input_size,
+        output_dir=output_dir,
+        force=force,
+        images=images,
+        num_images=num_images,
+        allow_gate_failures=allow_gate_failures,
+    )
+    if target != "all":
+        result = _export_one(model, target, options)
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "artifact_path": str(result.artifact),
+                        "manifest_path": str(result.manifest_path),
+                        **result.manifest,
+                    },
+                    indent=2,
+                )
+            )
+            return
+        _print_summary(result)
+        return
+
+    if recipe is not None:
+        raise EdgevitError("--recipe picks one recipe; with --target all every target uses its default recipe")
+    rows, failed = [], False
+    for each in DEFAULT_RECIPES:
+        try:
+            result = _export_one(model, each, options)
+            rows.append({"target": each, "ok": True, "artifact_path": str(result.artifact), **result.manifest})
+        except EdgevitError as e:
+            failed = True
+            rows.append({"target": each, "ok": False, "error": str(e)})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table("target", "artifact", "MB", "max rank", "SQNR dB", "note")
+        for r in rows:
+            if not r["ok"]:
+                table.add_row(r["target"], "[red]failed[/]", "", "", "", r["error"])
+                continue
+            audit, num = r["audit"], r["numerics"]
+            note = (
+                f"{audit['partitions']} partition(s), {sum(audit['ops_outside'].values())} ops outside"
+                if ("partitions" in audit)
+                else f"{audit.get('transposes', '-')} transposes"
+                if "transposes" in audit
+                else ""
+            )
+            table.add_row(
+                r["target"],
+                Path(r["artifact_path"]).name,
+                f"{r['artifact']['size_bytes'] / 1e6:.1f}",
+                str(audit.get("max_rank", "")),
+                "skipped (needs macOS)" if "skipped" in num else f"{num['sqnr_db']:.1f}",
+                note,
+            )
+        out.print(table)
+        out.print(f"artifacts and manifests in {output_dir}", highlight=False)
+    if failed:
+        raise typer.Exit(3)
+
+
+def _export_one(model: str, target: str, options: dict):
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .export import export_model
@@ -106,45 +180,52 @@ def export(
         task = progress.add_task("start", total=None)
 
         def on_step(name: str) -> None:
-            progress.update(task, description=f"{model}: {name}")
+            progress.update(task, description=f"{model} -> {target}: {name}")
 
-        result = export_model(
-            model,
-            target=target,
-            recipe=recipe,
-            checkpoint=checkpoint,
-            input_size=input_size,
-            output_dir=output_dir,
-            force=force,
-            images=images,
-            num_images=num_images,
-            allow_gate_failures=allow_gate_failures,
-            on_step=on_step,
-        )
+        return export_model(model, target=target, on_step=on_step, **options)
+
+
+def _print_summary(result) -> None:
     m = result.manifest
-    if as_json:
-        print(
-            json.dumps(
-                {"artifact_path": str(result.artifact), "manifest_path": str(result.manifest_path), **m},
-                indent=2,
-            )
-        )
-        return
-    audit, num = m["audit"], m["numerics"]
     lines = [
         f"[bold]{result.artifact}[/] ({m['artifact']['size_bytes'] / 1e6:.1f} MB, "
         f"exported in {m['artifact']['export_seconds']:.0f} s)",
-        f"  delegate: {audit['partitions']} {audit['backend']} partition(s), "
-        f"{audit['delegated_share'] * 100:.1f}% of ops delegated, {sum(audit['ops_outside'].values())} outside, "
-        f"max rank {audit['max_rank']}",
-        f"  numerics vs PyTorch fp32 on {num['samples']} photos ({num['runtime']}): max abs diff "
-        f"{num['max_abs_diff']:.2e}, SQNR {num['sqnr_db']:.1f} dB, top-1 agreement {num['top1_agreement'] * 100:.0f}%",
+        f"  audit: {describe_audit(m['audit'])}",
+        f"  numerics: {describe_numerics(m['numerics'])}",
         f"  manifest: {result.manifest_path}",
     ]
     if m["gates"]["failures"]:
         lines.append("[yellow]  gates missed (kept by --allow-gate-failures):[/] " + "; ".join(m["gates"]["failures"]))
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True)
+
+
+def describe_audit(audit: dict) -> str:
+    """One line of the audit figures that matter for the artifact's target."""
+    parts = []
+    if "partitions" in audit:
+        part = f"{audit['partitions']} {audit['backend']} partition(s)"
+        if "delegated_share" in audit:
+            part += f", {audit['delegated_share'] * 100:.1f}% of ops delegated"
+        parts.append(f"{part}, {sum(audit['ops_outside'].values())} ops outside")
+    else:
+        parts.append(f"{sum(audit['ops'].values())} {audit['backend']} ops")
+    if "transposes" in audit:
+        parts.append(f"{audit['transposes']} transposes")
+    if "fp16_share" in audit:
+        parts.append(f"fp16 share {audit['fp16_share'] * 100:.0f}%")
+    if "max_rank" in audit:
+        parts.append(f"max rank {audit['max_rank']}")
+    return ", ".join(parts)
+
+
+def describe_numerics(num: dict) -> str:
+    if "skipped" in num:
+        return num["skipped"]
+    return (
+        f"vs PyTorch fp32 on {num['samples']} photos ({num['runtime']}): max abs diff {num['max_abs_diff']:.2e}, "
+        f"SQNR {num['sqnr_db']:.1f} dB, top-1 agreement {num['top1_agreement'] * 100:.0f}%"
+    )
 
 
 def main() -> None:
@@ -155,6 +236,11 @@ def main() -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
         logging.getLogger("torchao").setLevel(logging.ERROR)  # optional CUDA kernels it cannot load
+        logging.getLogger("coremltools").setLevel(logging.ERROR)  # macOS-only proxies missing elsewhere
+        # "torchvision is not installed" once per torchvision op, from the ONNX exporter's registry
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+        os.environ.setdefault("TQDM_DISABLE", "1")  # converters' pass-by-pass bars; the CLI shows its own
     try:
         app(standalone_mode=False)
     except EdgevitError as e:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,3 +50,42 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: object) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of a directory (e.g. .mlpackage) as its sorted relative paths and contents."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0")
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def path_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def move_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; a directory replaces an old one via a backup so neither is ever half there."""
+    if tmp.is_dir() and final.exists():
+        backup = final.with_name(f".{final.name}.old")
+        remove_path(backup)
+        final.rename(backup)
+        tmp.rename(final)
+        remove_path(backup)
+    else:
+        os.replace(tmp, final)

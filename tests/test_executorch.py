@@ -28,7 +28,7 @@ def tiny_exports(tmp_path_factory):
         model = tiny_lvt(ca)
         artifact = et.export(lower(model, "executorch"), x, RECIPE)
         path = tmp_path_factory.mktemp("pte") / f"tiny-{ca}.pte"
-        path.write_bytes(artifact.data)
+        artifact.write(path)
         out[ca] = (model, artifact, path)
     out["naive"] = et.export(tiny_lvt(False), x, RECIPE)
     return out

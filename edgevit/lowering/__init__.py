@@ -13,8 +13,16 @@ from torch import nn
 from ..errors import EdgevitError
 from ..models.lvt import LVT
 from .lvt import DeployLVT
+from .passes import native_layer_norm
 
-TARGETS = ("executorch", "coreml", "tflite", "onnx")
+# the passes that adapt the shared deploy form to each target, in order
+TARGET_PASSES: dict[str, list[Callable[[nn.Module], nn.Module]]] = {
+    "executorch": [],  # XNNPACK takes LayerNorm only as Linear reductions
+    "tflite": [],
+    "coreml": [native_layer_norm],
+    "onnx": [native_layer_norm],
+}
+TARGETS = tuple(TARGET_PASSES)
 
 # model class -> builder of its deploy form; targets share the form until one needs its own
 _LOWERINGS: dict[type, Callable[[nn.Module], nn.Module]] = {
@@ -31,7 +39,10 @@ def lower(model: nn.Module, target: str = "executorch") -> nn.Module:
         raise EdgevitError(
             f"no lowering for {type(model).__name__}; lowered families: {', '.join(t.__name__ for t in _LOWERINGS)}"
         )
-    return build(model).eval()
+    deploy = build(model)
+    for adapt in TARGET_PASSES[target]:
+        deploy = adapt(deploy)
+    return deploy.eval()
 
 
 __all__ = ["lower", "TARGETS"]

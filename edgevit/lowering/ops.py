@@ -41,6 +41,15 @@ class LinearLayerNorm(nn.Module):
             raise ValueError("only an affine LayerNorm over the last axis is supported")
         return cls(norm.normalized_shape[0], norm.eps, norm.weight, norm.bias)
 
+    def to_layer_norm(self) -> nn.LayerNorm:
+        """The native op again, for targets that take it (Core ML, ONNX) or fuse it (coremltools crashes
+        on this form's Linear-to-one-feature in ``fuse_linear_bias``)."""
+        norm = nn.LayerNorm(self.weight.shape[0], eps=self.eps)
+        with torch.no_grad():
+            norm.weight.copy_(self.weight)
+            norm.bias.copy_(self.bias)
+        return norm
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centered = x - F.linear(x, self.mean_weight)
         var = F.linear(centered * centered, self.mean_weight)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..errors import EdgevitError
 from .base import Runner
+
+
+def host_cannot_run(path: str | Path) -> str | None:
+    """Why this machine cannot run the artifact, or None when it can."""
+    if Path(path).suffix == ".mlpackage" and sys.platform != "darwin":
+        return "Core ML prediction needs macOS; numerics skipped on this host"
+    return None
 
 
 def open_runner(path: str | Path, threads: int | None = None) -> Runner:
@@ -21,7 +29,10 @@ def open_runner(path: str | Path, threads: int | None = None) -> Runner:
         from .onnx import OnnxRunner
 
         return OnnxRunner(path, threads=threads)
+    reason = host_cannot_run(path)
+    if reason:
+        raise EdgevitError(reason)
     raise EdgevitError(f"no host runner for '{path.suffix}' files; supported: .pte, .onnx")
 
 
-__all__ = ["Runner", "open_runner"]
+__all__ = ["Runner", "host_cannot_run", "open_runner"]

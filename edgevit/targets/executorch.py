@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..recipe import Recipe
 from .audit import NON_COMPUTE, max_tensor_rank, op_counts, op_name
+from .base import ExportedArtifact
 
 SUFFIX = ".pte"
-
-
-@dataclass
-class ExportedArtifact:
-    data: bytes
-    audit: dict[str, Any]
 
 
 def _partitioners(recipe: Recipe) -> list:
@@ -38,7 +32,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
     edge = to_edge_transform_and_lower(program, partitioner=_partitioners(recipe))
     audit = audit_lowered(edge.exported_program().graph_module)
     audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
-    return ExportedArtifact(edge.to_executorch().buffer, audit)
+    return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
 
 
 def audit_lowered(gm: torch.fx.GraphModule) -> dict[str, Any]:

@@ -1,16 +1,22 @@
-"""ONNX target (desktop reference): torch.onnx.export, run by onnxruntime."""
+"""ONNX target (the desktop reference): torch.onnx.export of the deploy form, run by onnxruntime."""
 
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..recipe import Recipe
+from .base import ExportedArtifact
+
 SUFFIX = ".onnx"
+DEFAULT_OPSET = 18  # Col2Im (the training form's fold) needs 18
 
 
-def export_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = 18) -> bytes:
+def export_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = DEFAULT_OPSET) -> bytes:
     """Serialise ``model`` (eval mode, static batch-1 shape) to ONNX bytes with the dynamo exporter."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
@@ -26,3 +32,30 @@ def export_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = 18)
             verbose=False,
         )
         return path.read_bytes()
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
+    data = export_bytes(model, example, int(recipe.options.get("opset", DEFAULT_OPSET)))
+    return ExportedArtifact.from_bytes(data, audit_onnx(data))
+
+
+def audit_onnx(data: bytes) -> dict[str, Any]:
+    """Ops by type and the largest tensor rank, read from the ONNX graph after shape inference."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(data))
+    graph = model.graph
+    ops = Counter(node.op_type for node in graph.node)
+    ranks = [
+        (len(v.type.tensor_type.shape.dim), v.name)
+        for v in list(graph.value_info) + list(graph.output)
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+    ]
+    rank, where = max(ranks, default=(0, ""))
+    return {
+        "backend": "onnxruntime",
+        "opset": next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None),
+        "ops": dict(sorted(ops.items())),
+        "max_rank": rank,
+        "max_rank_op": where,
+    }

@@ -1,0 +1,80 @@
+"""Core ML target: torch.jit.trace of the deploy form -> coremltools ML program -> .mlpackage, with a MIL audit.
+
+Conversion, saving and the audit run anywhere; prediction needs macOS, so on other hosts the manifest says
+numerics were skipped instead of inventing them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import torch
+
+from ..errors import EdgevitError
+from ..recipe import Recipe
+from .base import ExportedArtifact
+
+SUFFIX = ".mlpackage"
+
+_DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
+_COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
+_PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
+
+
+def _options(recipe: Recipe) -> dict[str, Any]:
+    import coremltools as ct
+
+    target = recipe.options.get("deployment_target", "iOS17")
+    units = recipe.options.get("compute_units", "ALL")
+    precision = recipe.options.get("compute_precision", recipe.precision)
+    if target not in _DEPLOYMENT_TARGETS:
+        raise EdgevitError(f"recipe {recipe.name}: deployment_target '{target}'; choose one of {_DEPLOYMENT_TARGETS}")
+    if units not in _COMPUTE_UNITS:
+        raise EdgevitError(f"recipe {recipe.name}: compute_units '{units}'; choose one of {_COMPUTE_UNITS}")
+    if precision not in _PRECISIONS:
+        raise EdgevitError(f"recipe {recipe.name}: compute_precision '{precision}'; choose fp16 or fp32")
+    return {
+        "minimum_deployment_target": getattr(ct.target, target),
+        "compute_units": getattr(ct.ComputeUnit, units),
+        "compute_precision": getattr(ct.precision, _PRECISIONS[precision]),
+    }
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
+    """Trace (the path coremltools calls stable), convert to an ML program, audit the MIL program."""
+    import coremltools as ct
+
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), example)
+    mlmodel = ct.convert(
+        traced,
+        inputs=[ct.TensorType(name="image", shape=tuple(example.shape))],
+        outputs=[ct.TensorType(name="logits")],
+        convert_to="mlprogram",
+        skip_model_load=True,  # loading compiles the model, which only macOS can do
+        **_options(recipe),
+    )
+    return ExportedArtifact(audit_mil(mlmodel._mil_program), lambda path: mlmodel.save(str(path)))
+
+
+def audit_mil(program: Any) -> dict[str, Any]:
+    """Ops by type, largest tensor rank, transposes and the fp16 share of a MIL program's main function."""
+    ops = [op for op in program.functions["main"].operations if op.op_type != "const"]
+    counts = Counter(op.op_type for op in ops)
+    rank, where, fp16 = 0, "", 0
+    for op in ops:
+        outputs = [v for v in op.outputs if hasattr(v, "shape")]
+        for var in outputs:
+            if len(var.shape) > rank:
+                rank, where = len(var.shape), f"{op.op_type} ({op.name})"
+        if outputs and all(getattr(v.dtype, "__name__", "") == "fp16" for v in outputs):
+            fp16 += 1
+    return {
+        "backend": "coreml",
+        "ops": dict(sorted(counts.items())),
+        "max_rank": rank,
+        "max_rank_op": where,
+        "transposes": counts.get("transpose", 0),
+        "fp16_share": round(fp16 / len(ops), 4) if ops else 0.0,
+    }
