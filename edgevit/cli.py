@@ -200,6 +200,66 @@ def _print_summary(result) -> None:
         out.print(line, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def verify(
+    artifact: Annotated[Path, typer.Argument(help="A .pte, .onnx or .mlpackage written by `edgevit export`.")],
+    images: Annotated[
+        Path | None, typer.Option(help="Folder of JPEG/PNG photos; default: scikit-image's photos.")
+    ] = None,
+    num_images: Annotated[int, typer.Option(min=1, help="How many photos to compare on.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Re-run an artifact on its host runtime against PyTorch fp32 (model and weights from its manifest)."""
+    from .inspection import verify_artifact
+
+    result = verify_artifact(artifact, images, num_images)
+    num = result["numerics"]
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if "skipped" in num:
+        out.print(f"{artifact}: {num['skipped']}", highlight=False, soft_wrap=True)
+        return
+    table = Table("artifact", "runtime", "photos", "max abs diff", "SQNR dB", "cosine (min)", "top-1 agree")
+    table.add_row(
+        artifact.name,
+        num["runtime"],
+        str(num["samples"]),
+        f"{num['max_abs_diff']:.2e}",
+        f"{num['sqnr_db']:.1f}",
+        f"{num['cosine_min']:.6f}",
+        f"{num['top1_agreement'] * 100:.0f}%",
+    )
+    out.print(table)
+
+
+@app.command()
+def inspect(
+    artifact: Annotated[Path, typer.Argument(help="A .pte, .onnx or .mlpackage (with or without a manifest).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")] = False,
+) -> None:
+    """Show an artifact's audit: from its manifest, or computed from the bare file."""
+    from .inspection import inspect_artifact
+
+    info = inspect_artifact(artifact)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    audit = info["audit"]
+    out.print(f"[bold]{artifact}[/] (audit from the {info['source']})", highlight=False)
+    out.print(f"  {describe_audit(audit)}", highlight=False)
+    if info["source"] == "manifest":
+        out.print(f"  model {info['model']}, recipe {info['recipe']['name']}, input {info['input']['shape']}")
+        out.print(f"  numerics: {describe_numerics(info['numerics'])}", highlight=False, soft_wrap=True)
+    table = Table("op", "count", title="ops by type")
+    for op, n in sorted((audit.get("ops") or audit.get("ops_delegated") or {}).items(), key=lambda kv: -kv[1]):
+        table.add_row(op, str(n))
+    for op, n in (audit.get("ops_outside") or {}).items():
+        table.add_row(f"{op} (outside delegate)", str(n))
+    if table.row_count:
+        out.print(table)
+
+
 def describe_audit(audit: dict) -> str:
     """One line of the audit figures that matter for the artifact's target."""
     parts = []
@@ -254,13 +314,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; nothing was written")
         sys.exit(130)
-    except Exception as e:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors of typer's click arrive here in standalone_mode=False
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
 

@@ -133,3 +133,9 @@ def test_help_explains_export():
     proc = run_cli("export", "--help")
     assert proc.returncode == 0
     assert "--checkpoint" in proc.stdout and "edgevit export lvt" in proc.stdout
+
+
+def test_usage_errors_exit_2_without_traceback():
+    proc = run_cli("verfy")
+    assert proc.returncode == 2
+    assert "No such command 'verfy'" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,90 @@
+"""CLI for the Core ML and ONNX targets, verify and inspect, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from .conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("targets")
+    for target in ("coreml", "onnx"):
+        proc = run_cli("export", "lvt", "--target", target, "--output-dir", str(out), "--num-images", "3")
+        assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_coreml_export_says_numerics_need_macos(out_dir):
+    manifest = json.loads((out_dir / "lvt-coreml-fp16.manifest.json").read_text())
+    assert manifest["numerics"]["skipped"].startswith("Core ML prediction needs macOS")
+    assert "max_abs_diff" not in manifest["numerics"]
+    assert manifest["audit"]["max_rank"] <= 4 and manifest["gates"]["passed"]
+    assert (out_dir / "lvt-coreml-fp16.mlpackage").is_dir()
+    assert not [p for p in out_dir.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_verify_onnx_reruns_numerics(out_dir):
+    proc = run_cli("verify", str(out_dir / "lvt-onnx-fp32.onnx"), "--num-images", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    num = json.loads(proc.stdout)["numerics"]
+    assert num["runtime"] == "onnxruntime" and num["samples"] == 2 and num["max_abs_diff"] < 1e-4
+
+
+def test_verify_coreml_is_a_clear_skip(out_dir):
+    proc = run_cli("verify", str(out_dir / "lvt-coreml-fp16.mlpackage"))
+    assert proc.returncode == 0
+    assert "needs macOS" in proc.stdout
+
+
+def test_inspect_reads_the_manifest_or_the_bare_file(out_dir, tmp_path):
+    proc = run_cli("inspect", str(out_dir / "lvt-onnx-fp32.onnx"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["source"] == "manifest"
+    bare = tmp_path / "bare.mlpackage"
+    shutil.copytree(out_dir / "lvt-coreml-fp16.mlpackage", bare)
+    proc = run_cli("inspect", str(bare), "--json")
+    info = json.loads(proc.stdout)
+    assert info["source"] == "file" and info["audit"]["max_rank"] <= 4 and info["audit"]["ops"]["layer_norm"] == 29
+
+
+def _one_line_error(*args: str) -> str:
+    proc = run_cli(*args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_bad_artifacts_get_one_line_errors(out_dir, tmp_path):
+    corrupt = tmp_path / "corrupt.pte"
+    corrupt.write_bytes(b"\x00" * 64)
+    assert "cannot be read as .pte" in _one_line_error("inspect", str(corrupt))
+    assert "no manifest beside" in _one_line_error("verify", str(corrupt))
+    assert "artifact not found" in _one_line_error("inspect", str(tmp_path / "missing.onnx"))
+    text = tmp_path / "notes.txt"
+    text.write_text("hi")
+    assert "not an artifact edgevit knows" in _one_line_error("inspect", str(text))
+    tampered = tmp_path / "lvt-onnx-fp32.onnx"
+    shutil.copy(out_dir / "lvt-onnx-fp32.onnx", tampered)
+    shutil.copy(out_dir / "lvt-onnx-fp32.manifest.json", tmp_path / "lvt-onnx-fp32.manifest.json")
+    with tampered.open("ab") as f:
+        f.write(b"\x00")
+    assert "does not match the sha256" in _one_line_error("verify", str(tampered))
+    assert "builds for target 'coreml'" in _one_line_error(
+        "export", "lvt", "--target", "executorch", "--recipe", "coreml-fp16", "--output-dir", str(tmp_path)
+    )
+    assert "--recipe picks one recipe" in _one_line_error(
+        "export", "lvt", "--target", "all", "--recipe", "onnx-fp32", "--output-dir", str(tmp_path)
+    )
+
+
+def test_recipes_lists_every_builtin():
+    proc = run_cli("recipes", "--json")
+    names = {r["name"] for r in json.loads(proc.stdout)}
+    assert {"executorch-xnnpack-fp32", "coreml-fp16", "coreml-fp32", "onnx-fp32"} <= names

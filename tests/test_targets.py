@@ -1,0 +1,77 @@
+"""Core ML and ONNX targets: exports of the deploy form, their audits, and why the training form fails."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from edgevit.inspection import audit_file
+from edgevit.lowering import lower
+from edgevit.numerics import compare
+from edgevit.recipe import get_recipe
+from edgevit.runtime import host_cannot_run, open_runner
+from edgevit.targets import coreml, onnx
+
+from .conftest import tiny_lvt
+
+X = torch.randn(1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("class_attention", [False, True])
+def test_onnx_export_of_deploy_form_runs_in_onnxruntime(tmp_path, photos_64, class_attention):
+    model = tiny_lvt(class_attention)
+    recipe = get_recipe("onnx-fp32")
+    artifact = onnx.export(lower(model, "onnx"), X, recipe)
+    audit = artifact.audit
+    assert audit["max_rank"] <= 4
+    assert audit["ops"]["LayerNormalization"] > 0  # the native op is kept where ONNX has it
+    assert not set(audit["ops"]) & set(recipe.gates.banned_ops)
+    path = tmp_path / "tiny.onnx"
+    artifact.write(path)
+    with torch.no_grad():
+        ref = model(photos_64).numpy()
+    result = compare(ref, open_runner(path, threads=2).run_batch(photos_64.numpy()))
+    assert result["max_abs_diff"] < 1e-4 and result["top1_agreement"] == 1.0
+
+
+def test_training_form_onnx_needs_col2im():
+    # the baseline path: it exports, but only through Col2Im (opset 18), which mobile runtimes lack
+    audit = onnx.audit_onnx(onnx.export_bytes(tiny_lvt(), X))
+    assert audit["ops"].get("Col2Im", 0) > 0
+
+
+@pytest.fixture(scope="module")
+def coreml_tiny(tmp_path_factory):
+    artifact = coreml.export(lower(tiny_lvt(), "coreml"), X, get_recipe("coreml-fp16"))
+    path = tmp_path_factory.mktemp("coreml") / "tiny.mlpackage"
+    artifact.write(path)
+    return artifact, path
+
+
+def test_coreml_program_has_no_banned_op_and_rank_at_most_4(coreml_tiny):
+    artifact, path = coreml_tiny
+    audit = artifact.audit
+    recipe = get_recipe("coreml-fp16")
+    assert audit["max_rank"] <= 4
+    assert not set(audit["ops"]) & set(recipe.gates.banned_ops)
+    assert audit["ops"]["layer_norm"] > 0 and audit["ops"]["matmul"] > 0
+    assert audit["fp16_share"] > 0.9
+    assert path.is_dir() and (path / "Manifest.json").is_file()
+
+
+def test_bare_mlpackage_audit_matches_the_export_audit(coreml_tiny):
+    artifact, path = coreml_tiny
+    bare = audit_file(path)
+    assert bare["ops"] == artifact.audit["ops"] and bare["max_rank"] == artifact.audit["max_rank"]
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML predicts on macOS")
+def test_coreml_prediction_is_reported_as_skipped_off_macos(coreml_tiny):
+    assert "needs macOS" in host_cannot_run(coreml_tiny[1])
+
+
+def test_training_form_does_not_convert_to_coreml():
+    with pytest.raises(Exception, match="col2im|fold"):
+        coreml.export(tiny_lvt(), X, get_recipe("coreml-fp16"))
