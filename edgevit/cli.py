@@ -78,7 +78,7 @@ def recipes(
 def export(
     model: Annotated[str, typer.Argument(help="Model name (see `edgevit models`).")],
     target: Annotated[
-        str, typer.Option(help="executorch (.pte), coreml (.mlpackage), onnx, or all (every default recipe).")
+        str, typer.Option(help="executorch (.pte), coreml (.mlpackage), tflite, onnx, or all (every default recipe).")
     ] = "executorch",
     recipe: Annotated[
         str | None, typer.Option(help="Recipe name or YAML file; default: the target's default recipe.")
@@ -142,24 +142,17 @@ def export(
     if as_json:
         print(json.dumps(rows, indent=2))
     else:
-        table = Table("target", "artifact", "MB", "max rank", "SQNR dB", "note")
+        table = Table("target", "artifact", "MB", "SQNR dB", "audit")
         for r in rows:
             if not r["ok"]:
-                table.add_row(r["target"], "[red]failed[/]", "", "", "", r["error"])
+                table.add_row(r["target"], "[red]failed[/]", "", "", r["error"])
                 continue
             audit, num = r["audit"], r["numerics"]
-            note = (
-                f"{audit['partitions']} partition(s), {sum(audit['ops_outside'].values())} ops outside"
-                if ("partitions" in audit)
-                else f"{audit.get('transposes', '-')} transposes"
-                if "transposes" in audit
-                else ""
-            )
+            note = describe_audit(audit)
             table.add_row(
                 r["target"],
                 Path(r["artifact_path"]).name,
                 f"{r['artifact']['size_bytes'] / 1e6:.1f}",
-                str(audit.get("max_rank", "")),
                 "skipped (needs macOS)" if "skipped" in num else f"{num['sqnr_db']:.1f}",
                 note,
             )
@@ -270,6 +263,10 @@ def describe_audit(audit: dict) -> str:
         parts.append(f"{part}, {sum(audit['ops_outside'].values())} ops outside")
     else:
         parts.append(f"{sum(audit['ops'].values())} {audit['backend']} ops")
+    if "all_builtin" in audit:
+        parts.append("all builtin" if audit["all_builtin"] else f"non-builtin: {', '.join(audit['non_builtin_ops'])}")
+    if audit.get("xnnpack_partitions") is not None:
+        parts.append(f"{audit['xnnpack_partitions']} XNNPACK partition(s)")
     if "transposes" in audit:
         parts.append(f"{audit['transposes']} transposes")
     if "fp16_share" in audit:

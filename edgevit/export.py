@@ -143,7 +143,7 @@ def export_model(
             "model": model_name,
             "config": _jsonable(getattr(model, "cfg", None)),
             "weights": _weights_entry(checkpoint, seed),
-            "input": _input_entry(entry.input_spec, size),
+            "input": _input_entry(entry.input_spec, size, exported.audit.get("input_layout", "NCHW")),
             "output": {"name": "logits", "shape": [1, int(reference.shape[-1])]},
             "recipe": chosen.to_dict(),
             "artifact": {
@@ -185,11 +185,12 @@ def _weights_entry(checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
     return {"checkpoint": None, "seed": seed, "note": f"random init (seed {seed}): pass --checkpoint for real weights"}
 
 
-def _input_entry(spec: InputSpec, size: int) -> dict[str, Any]:
+def _input_entry(spec: InputSpec, size: int, layout: str) -> dict[str, Any]:
+    shape = list(spec.shape(size))
     return {
         "name": "image",
-        "shape": list(spec.shape(size)),
-        "layout": spec.layout,
+        "shape": shape if layout == "NCHW" else [shape[0], shape[2], shape[3], shape[1]],
+        "layout": layout,
         "dtype": spec.dtype,
         "channel_order": spec.channel_order,
         "preprocessing": {

@@ -61,6 +61,10 @@ def audit_file(artifact: Path) -> dict[str, Any]:
             return audit_onnx(artifact.read_bytes())
         if artifact.suffix == ".mlpackage":
             return _audit_mlpackage(artifact)
+        if artifact.suffix == ".tflite":
+            from .targets.tflite import audit_tflite
+
+            return audit_tflite(artifact.read_bytes())
     except EdgevitError:
         raise
     except Exception as e:  # each format's parser raises its own error types on corrupt input
@@ -131,7 +135,7 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
         raise EdgevitError(f"checkpoint {checkpoint} changed since export (sha256 differs); re-export the artifact")
     torch.manual_seed(int(weights.get("seed", 0)))
     model = create_model(model_name, checkpoint).eval()
-    size = manifest["input"]["shape"][-1]
+    size = manifest["input"]["preprocessing"]["center_crop"]
     photos = load_images(images, get_entry(model_name).input_spec, size, limit=num_images)
     with torch.no_grad():
         reference = model(photos).numpy()

@@ -13,7 +13,12 @@ from .errors import EdgevitError
 RECIPE_DIR = Path(__file__).parent / "recipes"
 TARGETS = ("executorch", "coreml", "tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8", "w8", "w8a8", "palettize4", "dynamic-int8")
-DEFAULT_RECIPES = {"executorch": "executorch-xnnpack-fp32", "coreml": "coreml-fp16", "onnx": "onnx-fp32"}
+DEFAULT_RECIPES = {
+    "executorch": "executorch-xnnpack-fp32",
+    "coreml": "coreml-fp16",
+    "tflite": "tflite-fp32",
+    "onnx": "onnx-fp32",
+}
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from edgevit.lowering import lower
 from edgevit.numerics import compare
 from edgevit.recipe import get_recipe
 from edgevit.runtime import host_cannot_run, open_runner
-from edgevit.targets import coreml, onnx
+from edgevit.targets import coreml, onnx, tflite
 
 from .conftest import tiny_lvt
 
@@ -75,3 +75,30 @@ def test_coreml_prediction_is_reported_as_skipped_off_macos(coreml_tiny):
 def test_training_form_does_not_convert_to_coreml():
     with pytest.raises(Exception, match="col2im|fold"):
         coreml.export(tiny_lvt(), X, get_recipe("coreml-fp16"))
+
+
+@pytest.mark.parametrize("recipe_name", ["tflite-fp32", "tflite-fp32-nhwc"])
+def test_tflite_export_is_builtin_rank_4_and_matches(tmp_path, photos_64, recipe_name):
+    model = tiny_lvt()
+    recipe = get_recipe(recipe_name)
+    artifact = tflite.export(lower(model, "tflite"), X, recipe)
+    audit = artifact.audit
+    assert audit["all_builtin"] and audit["max_rank"] <= 4
+    assert not set(audit["ops"]) & set(recipe.gates.banned_ops)
+    assert audit["xnnpack_partitions"] >= 1
+    assert audit["input_layout"] == recipe.options["input_layout"]
+    path = tmp_path / "tiny.tflite"
+    artifact.write(path)
+    runner = open_runner(path, threads=2)
+    with torch.no_grad():
+        ref = model(photos_64).numpy()
+    result = compare(ref, runner.run_batch(photos_64.numpy()))
+    assert result["max_abs_diff"] < 1e-4 and result["top1_agreement"] == 1.0
+
+
+def test_training_form_tflite_needs_a_scatter_the_runtime_cannot_run():
+    # the reference LVT converts, but only through a stablehlo scatter (its F.fold) that LiteRT rejects
+    audit = tflite.export(tiny_lvt(), X, get_recipe("tflite-fp32")).audit
+    assert not audit["all_builtin"]
+    assert any(op.startswith("STABLEHLO") for op in audit["non_builtin_ops"])
+    assert "failed to prepare" in audit["runtime_error"] and audit["xnnpack_partitions"] is None

@@ -29,10 +29,14 @@ def open_runner(path: str | Path, threads: int | None = None) -> Runner:
         from .onnx import OnnxRunner
 
         return OnnxRunner(path, threads=threads)
+    if path.suffix == ".tflite":
+        from .tflite import TFLiteRunner
+
+        return TFLiteRunner(path, threads=threads)
     reason = host_cannot_run(path)
     if reason:
         raise EdgevitError(reason)
-    raise EdgevitError(f"no host runner for '{path.suffix}' files; supported: .pte, .onnx")
+    raise EdgevitError(f"no host runner for '{path.suffix}' files; supported: .pte, .tflite, .onnx")
 
 
 __all__ = ["Runner", "host_cannot_run", "open_runner"]

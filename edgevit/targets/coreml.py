@@ -55,7 +55,22 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         skip_model_load=True,  # loading compiles the model, which only macOS can do
         **_options(recipe),
     )
+    _describe(mlmodel, example)
     return ExportedArtifact(audit_mil(mlmodel._mil_program), lambda path: mlmodel.save(str(path)))
+
+
+def _describe(mlmodel: Any, example: torch.Tensor) -> None:
+    """Model metadata Xcode shows beside the model; the manifest holds the full preprocessing."""
+    from .. import __version__
+
+    size = example.shape[-1]
+    mlmodel.short_description = "Image classifier exported by edgevit (see the .manifest.json beside it)"
+    mlmodel.version = __version__
+    mlmodel.author = "edgevit"
+    mlmodel.input_description["image"] = (
+        f"float32 (1, 3, {size}, {size}) NCHW RGB, scaled to [0, 1] then normalised with the manifest's mean/std"
+    )
+    mlmodel.output_description["logits"] = "class scores (before softmax)"
 
 
 def audit_mil(program: Any) -> dict[str, Any]:

@@ -1,0 +1,37 @@
+"""Host runner for .tflite files through the LiteRT interpreter (XNNPACK delegate, as on Android CPUs)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgevitError
+from .base import Runner
+
+
+class TFLiteRunner(Runner):
+    name = "litert"
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        t0 = time.perf_counter()
+        try:
+            self._interpreter = Interpreter(model_path=str(path), num_threads=threads or 2)
+            self._interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as e:
+            raise EdgevitError(f"{path} is not a loadable .tflite model ({str(e).splitlines()[0][:120]})") from None
+        self.load_seconds = time.perf_counter() - t0
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        shape = tuple(self._input["shape"])
+        # a channels-last model takes (1, H, W, C); callers always pass NCHW
+        self._nhwc = len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1) if self._nhwc else x, dtype=np.float32)
+        self._interpreter.set_tensor(self._input["index"], x)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"]).copy()

@@ -1,0 +1,68 @@
+"""TFLite target: litert-torch conversion of the deploy form -> .tflite, audited in the LiteRT interpreter.
+
+An ``input_layout: NHWC`` recipe option wraps the model so the app feeds channels-last images, as Android
+camera pipelines produce them; the manifest records the layout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import torch
+
+from ..errors import EdgevitError
+from ..recipe import Recipe
+from .base import ExportedArtifact
+
+SUFFIX = ".tflite"
+_LAYOUTS = ("NCHW", "NHWC")
+# ops a stock LiteRT runtime cannot run or that leave the CPU/GPU delegates
+NON_BUILTIN_PREFIXES = ("Flex", "STABLEHLO_", "CUSTOM")
+
+
+def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    import litert_torch
+
+    layout = recipe.options.get("input_layout", "NCHW")
+    if layout not in _LAYOUTS:
+        raise EdgevitError(f"recipe {recipe.name}: input_layout '{layout}'; choose NCHW or NHWC")
+    sample = example
+    if layout == "NHWC":
+        model = litert_torch.to_channel_last_io(model.eval(), args=[0])
+        sample = example.permute(0, 2, 3, 1).contiguous()
+    data = litert_torch.convert(model.eval(), (sample,)).model_content()
+    audit = audit_tflite(data)
+    audit["input_layout"] = layout
+    return ExportedArtifact.from_bytes(data, audit)
+
+
+def audit_tflite(data: bytes) -> dict[str, Any]:
+    """Ops by type with the default delegates off, builtin check, max rank, and XNNPACK's partitions."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    plain = Interpreter(
+        model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    ops = Counter(op["op_name"] for op in plain._get_ops_details())
+    ranks = [(len(t["shape"]), t["name"]) for t in plain.get_tensor_details()]
+    rank, where = max(ranks, default=(0, ""))
+    delegated = Interpreter(model_content=data, num_threads=1)  # XNNPACK is the default delegate
+    try:
+        delegated.allocate_tensors()  # delegation happens here
+        partitions, runtime_error = sum(op["op_name"] == "DELEGATE" for op in delegated._get_ops_details()), ""
+    except RuntimeError as e:  # e.g. a stablehlo scatter the runtime cannot prepare
+        partitions, runtime_error = None, str(e).strip().splitlines()[0][:200]
+    non_builtin = sorted(name for name in ops if name.startswith(NON_BUILTIN_PREFIXES))
+    return {
+        "backend": "litert",
+        "ops": dict(sorted(ops.items())),
+        "all_builtin": not non_builtin,
+        "non_builtin_ops": non_builtin,
+        "max_rank": rank,
+        "max_rank_op": where,
+        "xnnpack_partitions": partitions,
+        "runtime_error": runtime_error,
+    }
