@@ -46,6 +46,16 @@ PATHS = {
     "eager": "(a) training form, PyTorch eager",
     "onnx": "(b) training form, torch.onnx + onnxruntime (baseline)",
     "pte": "(c) lowered, ExecuTorch XNNPACK .pte",
+    "tflite": "(d) lowered, LiteRT .tflite (XNNPACK delegate)",
+    "onnx_lowered": "(e) lowered, onnxruntime",
+}
+# the artifact each timed path runs (eager builds its model in the worker)
+ARTIFACTS = {
+    "eager": "",
+    "onnx": "lvt-train.onnx",
+    "pte": "lvt-executorch-xnnpack-fp32.pte",
+    "tflite": "lvt-tflite-fp32.tflite",
+    "onnx_lowered": "lvt-onnx-fp32.onnx",
 }
 
 
@@ -112,14 +122,21 @@ def build_artifacts() -> dict:
     (OUT / "lvt-train.onnx").write_bytes(export_bytes(train, example))
     info["onnx_export_s"] = round(time.perf_counter() - t0, 1)
 
-    result = export_model("lvt", output_dir=OUT, force=True, seed=SEED, num_images=4)
-    info["pte"] = {
-        "export_s": result.manifest["artifact"]["export_seconds"],
-        "size_mb": round(result.manifest["artifact"]["size_bytes"] / 1e6, 2),
-        "partitions": result.manifest["audit"]["partitions"],
-        "ops_outside": sum(result.manifest["audit"]["ops_outside"].values()),
-        "max_abs_diff": result.manifest["numerics"]["max_abs_diff"],
-    }
+    info["targets"] = {}
+    for target in ("executorch", "tflite", "onnx", "coreml"):
+        manifest = export_model("lvt", target=target, output_dir=OUT, force=True, seed=SEED, num_images=4).manifest
+        info["targets"][target] = {
+            "recipe": manifest["recipe"]["name"],
+            "export_s": manifest["artifact"]["export_seconds"],
+            "size_mb": round(manifest["artifact"]["size_bytes"] / 1e6, 2),
+            "max_abs_diff": manifest["numerics"].get("max_abs_diff"),
+        }
+        if target == "executorch":
+            info["pte"] = {
+                **info["targets"][target],
+                "partitions": manifest["audit"]["partitions"],
+                "ops_outside": sum(manifest["audit"]["ops_outside"].values()),
+            }
 
     naive = et.export(train, example, get_recipe("executorch-xnnpack-fp32"))
     naive_path = OUT / "lvt-naive.pte"
@@ -155,11 +172,7 @@ def build_artifacts() -> dict:
 
 def measure(rounds: int, runs: int, warmup: int, threads: int) -> dict:
     per_kind: dict[str, list[float]] = {k: [] for k in PATHS}
-    paths = {
-        "eager": "",
-        "onnx": str(OUT / "lvt-train.onnx"),
-        "pte": str(OUT / "lvt-executorch-xnnpack-fp32.pte"),
-    }
+    paths = {kind: str(OUT / name) if name else "" for kind, name in ARTIFACTS.items()}
     for r in range(rounds):
         for kind in PATHS:
             cmd = [
@@ -199,6 +212,14 @@ def render(timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> 
         ms = timing[kind]["median_ms"]
         gflops = 2 * gmacs / (ms / 1e3)
         lines.append(f"| {label} | {ms:.1f} | {ms / base:.2f}x | {gflops:.0f} |")
+    lines += [
+        "",
+        "| target (recipe) | export s | size MB | max abs diff vs PyTorch |",
+        "|---|---:|---:|---:|",
+    ]
+    for target, t in info["targets"].items():
+        diff = "needs macOS" if t["max_abs_diff"] is None else f"{t['max_abs_diff']:.1e}"
+        lines.append(f"| {target} ({t['recipe']}) | {t['export_s']:.0f} | {t['size_mb']:.1f} | {diff} |")
     n, p = info["naive"], info["pte"]
     floor_ms = 2 * gmacs / info["sgemm_gflops"] * 1e3
     lines += [

@@ -87,4 +87,13 @@ def test_bad_artifacts_get_one_line_errors(out_dir, tmp_path):
 def test_recipes_lists_every_builtin():
     proc = run_cli("recipes", "--json")
     names = {r["name"] for r in json.loads(proc.stdout)}
-    assert {"executorch-xnnpack-fp32", "coreml-fp16", "coreml-fp32", "onnx-fp32"} <= names
+    assert {
+        "executorch-xnnpack-fp32",
+        "coreml-fp16",
+        "coreml-fp32",
+        "coreml-w8",
+        "coreml-palettize4",
+        "tflite-fp32",
+        "tflite-fp32-nhwc",
+        "onnx-fp32",
+    } <= names

@@ -102,3 +102,21 @@ def test_training_form_tflite_needs_a_scatter_the_runtime_cannot_run():
     assert not audit["all_builtin"]
     assert any(op.startswith("STABLEHLO") for op in audit["non_builtin_ops"])
     assert "failed to prepare" in audit["runtime_error"] and audit["xnnpack_partitions"] is None
+
+
+@pytest.mark.parametrize(
+    "recipe_name,constexpr_op",
+    [("coreml-w8", "constexpr_affine_dequantize"), ("coreml-palettize4", "constexpr_lut_to_dense")],
+)
+def test_coreml_weight_compression(tmp_path, recipe_name, constexpr_op):
+    from edgevit.fileio import path_size
+    from edgevit.models import create_model
+
+    deploy = lower(create_model("lvt").eval(), "coreml")
+    x = torch.randn(1, 3, 224, 224)
+    plain = coreml.export(deploy, x, get_recipe("coreml-fp16"))
+    packed = coreml.export(deploy, x, get_recipe(recipe_name))
+    assert packed.audit["ops"][constexpr_op] > 50 and packed.audit["compression"] == recipe_name.split("-")[1]
+    plain.write(tmp_path / "plain.mlpackage")
+    packed.write(tmp_path / "packed.mlpackage")
+    assert path_size(tmp_path / "packed.mlpackage") < 0.6 * path_size(tmp_path / "plain.mlpackage")

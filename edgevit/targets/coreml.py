@@ -27,7 +27,7 @@ def _options(recipe: Recipe) -> dict[str, Any]:
 
     target = recipe.options.get("deployment_target", "iOS17")
     units = recipe.options.get("compute_units", "ALL")
-    precision = recipe.options.get("compute_precision", recipe.precision)
+    precision = recipe.options.get("compute_precision", "fp16")
     if target not in _DEPLOYMENT_TARGETS:
         raise EdgevitError(f"recipe {recipe.name}: deployment_target '{target}'; choose one of {_DEPLOYMENT_TARGETS}")
     if units not in _COMPUTE_UNITS:
@@ -55,8 +55,27 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         skip_model_load=True,  # loading compiles the model, which only macOS can do
         **_options(recipe),
     )
+    mlmodel = _compress(mlmodel, recipe)
     _describe(mlmodel, example)
-    return ExportedArtifact(audit_mil(mlmodel._mil_program), lambda path: mlmodel.save(str(path)))
+    audit = audit_mil(mlmodel._mil_program)
+    audit["compression"] = recipe.options.get("compression", "none")
+    return ExportedArtifact(audit, lambda path: mlmodel.save(str(path)))
+
+
+def _compress(mlmodel: Any, recipe: Recipe) -> Any:
+    """Weight compression that runs on any host: per-channel int8 weights, or 4-bit k-means palettes."""
+    kind = recipe.options.get("compression", "none")
+    if kind == "none":
+        return mlmodel
+    import coremltools.optimize as cto
+
+    if kind == "w8":
+        op_config = cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric", granularity="per_channel")
+        return cto.coreml.linear_quantize_weights(mlmodel, cto.coreml.OptimizationConfig(global_config=op_config))
+    if kind == "palettize4":
+        op_config = cto.coreml.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_tensor")
+        return cto.coreml.palettize_weights(mlmodel, cto.coreml.OptimizationConfig(global_config=op_config))
+    raise EdgevitError(f"recipe {recipe.name}: compression '{kind}'; choose none, w8 or palettize4")
 
 
 def _describe(mlmodel: Any, example: torch.Tensor) -> None:
