@@ -27,7 +27,7 @@ SEED = 0
 
 
 def sgemm_gflops(threads: int) -> float:
-    """fp32 matmul rate of this machine (2048^3, torch): the practical floor for an fp32 model."""
+    """fp32 matmul rate of this machine (2048^3, torch, best of 20): the practical floor for an fp32 model."""
     import torch
 
     torch.set_num_threads(threads)
@@ -35,7 +35,7 @@ def sgemm_gflops(threads: int) -> float:
     for _ in range(3):
         a @ b
     best = float("inf")
-    for _ in range(10):
+    for _ in range(20):
         t0 = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - t0)
@@ -171,7 +171,9 @@ def build_artifacts() -> dict:
 
 
 def measure(rounds: int, runs: int, warmup: int, threads: int) -> dict:
+    """Per-path medians over alternating processes, plus the best sgemm rate seen (noise only lowers it)."""
     per_kind: dict[str, list[float]] = {k: [] for k in PATHS}
+    sgemm: list[float] = []
     paths = {kind: str(OUT / name) if name else "" for kind, name in ARTIFACTS.items()}
     for r in range(rounds):
         for kind in PATHS:
@@ -195,7 +197,16 @@ def measure(rounds: int, runs: int, warmup: int, threads: int) -> dict:
             samples = json.loads(proc.stdout.strip().splitlines()[-1])["samples_ms"]
             per_kind[kind].append(statistics.median(samples))
             print(f"round {r + 1}/{rounds} {kind:5s} median {per_kind[kind][-1]:.1f} ms", file=sys.stderr)
-    return {k: {"median_ms": statistics.median(v), "per_process_medians_ms": v} for k, v in per_kind.items()}
+        proc = subprocess.run(
+            [sys.executable, __file__, "--sgemm", "--threads", str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        sgemm.append(json.loads(proc.stdout.strip().splitlines()[-1])["gflops"])
+    timing: dict = {k: {"median_ms": statistics.median(v), "per_process_medians_ms": v} for k, v in per_kind.items()}
+    timing["sgemm_gflops"] = round(max(sgemm), 1)
+    return timing
 
 
 def render(timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> str:
@@ -262,13 +273,7 @@ def main() -> None:
     gmacs = model_stats("lvt")["gmacs"]
     info = build_artifacts()
     timing = measure(args.rounds, args.runs, args.warmup, args.threads)
-    sgemm = subprocess.run(
-        [sys.executable, __file__, "--sgemm", "--threads", str(args.threads)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    info["sgemm_gflops"] = round(json.loads(sgemm.stdout.strip().splitlines()[-1])["gflops"], 1)
+    info["sgemm_gflops"] = timing.pop("sgemm_gflops")
     table = render(timing, info, gmacs, args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import platform
 import time
 from collections.abc import Callable
@@ -19,7 +20,8 @@ from .data import image_paths, load_images
 from .errors import EdgevitError
 from .fileio import (
     atomic_write_json,
-    ensure_writable_dir,
+    check_writable_dir,
+    make_dir,
     move_into_place,
     path_sha256,
     path_size,
@@ -62,7 +64,17 @@ def resolve_recipe(target: str, recipe: str | None) -> Recipe:
 
 def tool_versions() -> dict[str, str]:
     versions = {"edgevit": __version__, "python": platform.python_version()}
-    for pkg in ("torch", "executorch", "torchao", "onnxruntime", "coremltools", "numpy"):
+    for pkg in (
+        "torch",
+        "executorch",
+        "torchao",
+        "coremltools",
+        "litert-torch",
+        "ai-edge-litert",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+    ):
         try:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -104,7 +116,7 @@ def export_model(
     artifact = out_dir / f"{stem}{module.SUFFIX}"
     manifest_path = out_dir / f"{stem}.manifest.json"
     refuse_overwrite([artifact, manifest_path], force)
-    ensure_writable_dir(out_dir)
+    check_writable_dir(out_dir)
     photo_paths = image_paths(images)[:num_images]
 
     step("build model")
@@ -128,6 +140,7 @@ def export_model(
     step("verify on host runtime")
     # the candidate sits beside its final name, so moving it into place is a rename
     tmp = out_dir / f".{stem}.partial{module.SUFFIX}"
+    make_dir(out_dir)
     remove_path(tmp)
     exported.write(tmp)
     try:

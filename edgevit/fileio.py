@@ -12,16 +12,28 @@ from pathlib import Path
 from .errors import EdgevitError
 
 
-def ensure_writable_dir(folder: Path) -> None:
-    """Create ``folder`` if needed and check that files can be written in it."""
+def check_writable_dir(folder: Path) -> None:
+    """Fail early, creating nothing, if ``folder`` cannot be created or written."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise EdgevitError(
+            f"cannot create output directory {folder} ({existing} is a file); choose another --output-dir"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise EdgevitError(f"output directory {existing} is not writable; choose another --output-dir")
+
+
+def make_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise EdgevitError(
             f"cannot create output directory {folder} ({e.strerror}); choose another --output-dir"
         ) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise EdgevitError(f"output directory {folder} is not writable; choose another --output-dir")
 
 
 def refuse_overwrite(paths: list[Path], force: bool) -> None:

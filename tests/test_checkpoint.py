@@ -52,12 +52,24 @@ def test_mismatch_lists_missing_and_unexpected_keys(tmp_path, reference_state):
         create_model("lvt", checkpoint=path)
 
 
+def test_fine_tuned_checkpoint_sets_the_number_of_classes(tmp_path):
+    torch.manual_seed(2)
+    tuned = create_model("lvt", num_classes=10)
+    path = tmp_path / "tuned.pth"
+    torch.save(tuned.state_dict(), path)
+    model = create_model("lvt", checkpoint=path).eval()
+    assert model.num_classes == 10
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tuned.eval()(x))
+
+
 def test_shape_mismatch_is_named(tmp_path, reference_state):
     state = dict(reference_state)
-    state["head.weight"] = torch.zeros(10, 256)
+    state["norm.weight"] = torch.zeros(10)
     path = tmp_path / "lvt.pth"
     torch.save(state, path)
-    with pytest.raises(EdgevitError, match="head.weight"):
+    with pytest.raises(EdgevitError, match="norm.weight"):
         create_model("lvt", checkpoint=path)
 
 

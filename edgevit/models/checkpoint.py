@@ -60,9 +60,13 @@ def load_checkpoint(
     model: nn.Module,
     path: str | Path,
     filter_fn: Callable[[dict, nn.Module], dict] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Load weights with strict key and shape checks; a mismatch names the keys at fault."""
-    state = read_state_dict(path)
+    """Load weights with strict key and shape checks; a mismatch names the keys at fault.
+
+    ``state`` is the already-read content of ``path``, when the caller has it.
+    """
+    state = read_state_dict(path) if state is None else state
     if filter_fn is not None:
         state = filter_fn(state, model)
     own = model.state_dict()

@@ -9,7 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import EdgevitError
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,9 +76,17 @@ def check_input_size(name: str, size: int) -> None:
 
 
 def create_model(name: str, checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
-    """Build a registered model in its training form, optionally loading a checkpoint (strict keys)."""
+    """Build a registered model in its training form, optionally loading a checkpoint (strict keys).
+
+    A fine-tuned checkpoint sets the number of classes from its classifier (``head.weight``).
+    """
     entry = get_entry(name)
+    if checkpoint is None:
+        return entry.builder(**kwargs)
+    state = read_state_dict(checkpoint)
+    head = state.get("head.weight")
+    if head is not None and head.dim() == 2 and "num_classes" not in kwargs and not kwargs.get("features_only"):
+        kwargs["num_classes"] = head.shape[0]
     model = entry.builder(**kwargs)
-    if checkpoint is not None:
-        load_checkpoint(model, checkpoint, entry.filter_fn)
+    load_checkpoint(model, checkpoint, entry.filter_fn, state)
     return model
