@@ -97,9 +97,17 @@ def export(
     allow_gate_failures: Annotated[
         bool, typer.Option(help="Keep an artifact that misses the recipe's gates (recorded in the manifest).")
     ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="Text file, one class label per line: recorded in the manifest; Core ML gets a classifier."),
+    ] = None,
+    image_input: Annotated[
+        bool, typer.Option(help="Core ML: take an RGB image (CVPixelBuffer) with the normalisation inside the model.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Export MODEL for a target: lower, convert, verify on real photos, gate, write artifact + manifest."""
+    from .export import read_labels
     from .recipe import DEFAULT_RECIPES
 
     options = dict(
@@ -111,6 +119,8 @@ def export(
         images=images,
         num_images=num_images,
         allow_gate_failures=allow_gate_failures,
+        labels=read_labels(labels) if labels else None,
+        image_input=image_input,
     )
     if target != "all":
         result = _export_one(model, target, options)

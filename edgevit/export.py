@@ -7,7 +7,7 @@ import importlib.metadata
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -98,16 +98,26 @@ def export_model(
     num_images: int = 8,
     allow_gate_failures: bool = False,
     seed: int = 0,
+    labels: list[str] | None = None,
+    image_input: bool = False,
     on_step: Step | None = None,
 ) -> ExportResult:
     """Export ``model_name`` for ``target``; writes ``<model>-<recipe><suffix>`` and its manifest atomically.
 
+    ``labels`` (one per class) go into the manifest, and make a Core ML export a classifier; ``image_input``
+    gives a Core ML export an image input with the normalisation inside.
     Raises :class:`EdgevitError` for bad input and :class:`GateError` when the artifact misses a gate (then
     nothing is written, unless ``allow_gate_failures``).
     """
     step = on_step or (lambda _: None)
     entry = get_entry(model_name)
     chosen = resolve_recipe(target, recipe)
+    if image_input and target != "coreml":
+        raise EdgevitError(f"--image-input is for the coreml target; {target} artifacts take the normalised tensor")
+    if target == "coreml" and (labels or image_input):
+        spec = entry.input_spec
+        extra = {"image_input": image_input, "labels": labels, "mean": list(spec.mean), "std": list(spec.std)}
+        chosen = replace(chosen, options={**chosen.options, **extra})
     module = _target_module(target)
     size = input_size or entry.input_spec.size
     check_input_size(model_name, size)
@@ -125,6 +135,11 @@ def export_model(
     photos = load_images(images, entry.input_spec, size, limit=num_images)
     with torch.no_grad():
         reference = model(photos).numpy()
+    if labels is not None and len(labels) != reference.shape[-1]:
+        raise EdgevitError(
+            f"{len(labels)} labels given but {model_name} has {reference.shape[-1]} classes; "
+            "pass one label per class, one per line"
+        )
 
     step("lower")
     deploy = lower(model, target)
@@ -156,9 +171,10 @@ def export_model(
             "model": model_name,
             "config": _jsonable(getattr(model, "cfg", None)),
             "weights": _weights_entry(checkpoint, seed),
-            "input": _input_entry(entry.input_spec, size, exported.audit.get("input_layout", "NCHW")),
+            "input": _input_entry(entry.input_spec, size, exported.audit.get("input_layout", "NCHW"), image_input),
             "output": {"name": "logits", "shape": [1, int(reference.shape[-1])]},
-            "recipe": chosen.to_dict(),
+            "labels": labels,
+            "recipe": _recipe_entry(chosen),
             "artifact": {
                 "file": artifact.name,
                 "sha256": path_sha256(tmp),
@@ -192,14 +208,48 @@ def verify_numerics(path: Path, reference: np.ndarray, inputs: np.ndarray) -> di
     return {**compare(reference, runner.run_batch(inputs)), "runtime": runner.name}
 
 
+def _recipe_entry(recipe: Recipe) -> dict[str, Any]:
+    entry = recipe.to_dict()
+    if entry["options"].get("labels"):
+        entry["options"] = {**entry["options"], "labels": "the manifest's labels"}
+    return entry
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Class labels from a text file, one per line (blank lines ignored)."""
+    path = Path(path)
+    try:
+        labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgevitError(f"cannot read labels file {path} ({e.__class__.__name__}); pass a UTF-8 text file") from None
+    if not labels:
+        raise EdgevitError(f"labels file {path} is empty; write one class label per line")
+    return labels
+
+
 def _weights_entry(checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
     if checkpoint:
         return {"checkpoint": str(checkpoint), "sha256": path_sha256(Path(checkpoint))}
     return {"checkpoint": None, "seed": seed, "note": f"random init (seed {seed}): pass --checkpoint for real weights"}
 
 
-def _input_entry(spec: InputSpec, size: int, layout: str) -> dict[str, Any]:
+def _input_entry(spec: InputSpec, size: int, layout: str, image_input: bool = False) -> dict[str, Any]:
     shape = list(spec.shape(size))
+    if image_input:
+        return {
+            "name": "image",
+            "type": "image (Core ML ImageType, RGB, 0-255 pixels)",
+            "shape": shape,
+            "channel_order": spec.channel_order,
+            "preprocessing": {
+                "resize_short_side": round(size / spec.crop_pct),
+                "center_crop": size,
+                "interpolation": spec.interpolation,
+                "normalisation": "inside the model: (pixel / 255 - mean) / std",
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+            },
+        }
     return {
         "name": "image",
         "shape": shape if layout == "NCHW" else [shape[0], shape[2], shape[3], shape[1]],

@@ -79,6 +79,17 @@ def test_bad_artifacts_get_one_line_errors(out_dir, tmp_path):
     assert "builds for target 'coreml'" in _one_line_error(
         "export", "lvt", "--target", "executorch", "--recipe", "coreml-fp16", "--output-dir", str(tmp_path)
     )
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    assert "2 labels given but lvt has 1000 classes" in _one_line_error(
+        "export", "lvt", "--target", "onnx", "--labels", str(labels), "--output-dir", str(tmp_path / "l")
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert "is empty" in _one_line_error("export", "lvt", "--labels", str(empty), "--output-dir", str(tmp_path))
+    assert "--image-input is for the coreml target" in _one_line_error(
+        "export", "lvt", "--target", "tflite", "--image-input", "--output-dir", str(tmp_path)
+    )
     assert "--recipe picks one recipe" in _one_line_error(
         "export", "lvt", "--target", "all", "--recipe", "onnx-fp32", "--output-dir", str(tmp_path)
     )

@@ -120,3 +120,41 @@ def test_coreml_weight_compression(tmp_path, recipe_name, constexpr_op):
     plain.write(tmp_path / "plain.mlpackage")
     packed.write(tmp_path / "packed.mlpackage")
     assert path_size(tmp_path / "packed.mlpackage") < 0.6 * path_size(tmp_path / "plain.mlpackage")
+
+
+def test_coreml_image_input_and_classifier_outputs():
+    from dataclasses import replace
+
+    model = lower(tiny_lvt(), "coreml")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    labels = [f"class {i}" for i in range(10)]
+    base = get_recipe("coreml-fp16")
+    recipe = replace(base, options={**base.options, "image_input": True, "labels": labels, "mean": mean, "std": std})
+    artifact = coreml.export(model, X, recipe)
+    # the wrapper that puts normalisation inside the model is exact
+    pixels = torch.rand(2, 3, 64, 64)
+    wrapped = coreml.ImageClassifier(model, mean, std, softmax=False)
+    normalised = (pixels - torch.tensor(mean).reshape(1, 3, 1, 1)) / torch.tensor(std).reshape(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(pixels), model(normalised), atol=1e-5, rtol=0)
+    assert artifact.audit["max_rank"] <= 4 and artifact.audit["ops"]["softmax"] > 0
+
+
+def test_coreml_spec_has_image_input_and_labels(tmp_path):
+    from dataclasses import replace
+
+    import coremltools as ct
+
+    base = get_recipe("coreml-fp16")
+    labels = [f"class {i}" for i in range(10)]
+    recipe = replace(
+        base,
+        options={**base.options, "image_input": True, "labels": labels, "mean": [0.5] * 3, "std": [0.25] * 3},
+    )
+    path = tmp_path / "classifier.mlpackage"
+    coreml.export(lower(tiny_lvt(), "coreml"), X, recipe).write(path)
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    assert [(i.name, i.type.WhichOneof("Type")) for i in spec.description.input] == [("image", "imageType")]
+    assert spec.description.predictedFeatureName == "classLabel"
+    assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs"]
+    assert "normalisation is inside the model" in spec.description.input[0].shortDescription

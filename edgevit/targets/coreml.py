@@ -41,22 +41,59 @@ def _options(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+class ImageClassifier(torch.nn.Module):
+    """Normalisation inside the model (per-channel, exact), softmax out: for image inputs and labelled outputs."""
+
+    def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float], softmax: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.softmax = softmax
+        self.register_buffer("scale", (1.0 / torch.tensor(std)).reshape(1, -1, 1, 1))
+        self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).reshape(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x * self.scale + self.shift)
+        return logits.softmax(dim=-1) if self.softmax else logits
+
+
 def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
-    """Trace (the path coremltools calls stable), convert to an ML program, audit the MIL program."""
+    """Trace (the path coremltools calls stable), convert to an ML program, audit the MIL program.
+
+    Recipe options set by the export flow: ``image_input`` (a ``CVPixelBuffer``-ready RGB image input with
+    the model's normalisation inside) and ``labels`` (a classifier with ``classLabel`` and probabilities).
+    """
     import coremltools as ct
 
+    image_input = bool(recipe.options.get("image_input"))
+    labels = recipe.options.get("labels")
+    convert_kwargs: dict[str, Any] = {}
+    if image_input:
+        model = ImageClassifier(model, recipe.options["mean"], recipe.options["std"], softmax=bool(labels))
+        # pixels arrive as 0..255; the wrapper expects 0..1 and normalises per channel itself
+        inputs = [
+            ct.ImageType(name="image", shape=tuple(example.shape), scale=1 / 255.0, color_layout=ct.colorlayout.RGB)
+        ]
+        example = example.clamp(0, 1)
+    else:
+        inputs = [ct.TensorType(name="image", shape=tuple(example.shape))]
+        if labels:
+            model = ImageClassifier(model, [0.0] * example.shape[1], [1.0] * example.shape[1], softmax=True)
+    if labels:
+        convert_kwargs["classifier_config"] = ct.ClassifierConfig(list(labels))
+    else:
+        convert_kwargs["outputs"] = [ct.TensorType(name="logits")]
     with torch.no_grad():
         traced = torch.jit.trace(model.eval(), example)
     mlmodel = ct.convert(
         traced,
-        inputs=[ct.TensorType(name="image", shape=tuple(example.shape))],
-        outputs=[ct.TensorType(name="logits")],
+        inputs=inputs,
         convert_to="mlprogram",
         skip_model_load=True,  # loading compiles the model, which only macOS can do
+        **convert_kwargs,
         **_options(recipe),
     )
     mlmodel = _compress(mlmodel, recipe)
-    _describe(mlmodel, example)
+    _describe(mlmodel, example, image_input, bool(labels))
     audit = audit_mil(mlmodel._mil_program)
     audit["compression"] = recipe.options.get("compression", "none")
     return ExportedArtifact(audit, lambda path: mlmodel.save(str(path)))
@@ -78,7 +115,7 @@ def _compress(mlmodel: Any, recipe: Recipe) -> Any:
     raise EdgevitError(f"recipe {recipe.name}: compression '{kind}'; choose none, w8 or palettize4")
 
 
-def _describe(mlmodel: Any, example: torch.Tensor) -> None:
+def _describe(mlmodel: Any, example: torch.Tensor, image_input: bool, classifier: bool) -> None:
     """Model metadata Xcode shows beside the model; the manifest holds the full preprocessing."""
     from .. import __version__
 
@@ -86,10 +123,17 @@ def _describe(mlmodel: Any, example: torch.Tensor) -> None:
     mlmodel.short_description = "Image classifier exported by edgevit (see the .manifest.json beside it)"
     mlmodel.version = __version__
     mlmodel.author = "edgevit"
+    mlmodel.license = "see the model's checkpoint"
     mlmodel.input_description["image"] = (
-        f"float32 (1, 3, {size}, {size}) NCHW RGB, scaled to [0, 1] then normalised with the manifest's mean/std"
+        f"RGB image {size}x{size} (resize and centre-crop first); normalisation is inside the model"
+        if image_input
+        else f"float32 (1, 3, {size}, {size}) NCHW RGB, scaled to [0, 1] then normalised with the manifest's mean/std"
     )
-    mlmodel.output_description["logits"] = "class scores (before softmax)"
+    if classifier:
+        mlmodel.output_description["classLabel"] = "most likely class"
+        mlmodel.output_description["classLabel_probs"] = "softmax probability per class"
+    else:
+        mlmodel.output_description["logits"] = "class scores (before softmax)"
 
 
 def audit_mil(program: Any) -> dict[str, Any]:
