@@ -142,7 +142,8 @@ def export_model(
         )
 
     step("lower")
-    deploy = lower(model, target)
+    # a recipe may ask for another target's deploy form (a .pte with the Core ML delegate wants Core ML's)
+    deploy = lower(model, chosen.options.get("lowering", target))
     with torch.no_grad():
         lowering_numerics = compare(reference, deploy(photos).numpy())
 

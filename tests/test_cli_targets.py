@@ -100,6 +100,7 @@ def test_recipes_lists_every_builtin():
     names = {r["name"] for r in json.loads(proc.stdout)}
     assert {
         "executorch-xnnpack-fp32",
+        "executorch-coreml-fp16",
         "coreml-fp16",
         "coreml-fp32",
         "coreml-w8",

@@ -158,3 +158,17 @@ def test_coreml_spec_has_image_input_and_labels(tmp_path):
     assert spec.description.predictedFeatureName == "classLabel"
     assert [o.name for o in spec.description.output] == ["classLabel", "classLabel_probs"]
     assert "normalisation is inside the model" in spec.description.input[0].shortDescription
+
+
+def test_pte_with_the_coreml_delegate(tmp_path):
+    from edgevit.targets import executorch as et
+
+    recipe = get_recipe("executorch-coreml-fp16")
+    artifact = et.export(lower(tiny_lvt(), recipe.options["lowering"]), X, recipe)
+    assert artifact.audit["backend"] == "CoreMLBackend"
+    assert artifact.audit["partitions"] == 1 and artifact.audit["ops_outside"] == {}
+    path = tmp_path / "tiny-coreml.pte"
+    artifact.write(path)
+    assert audit_file(path)["backend"] == "CoreMLBackend"
+    if sys.platform != "darwin":
+        assert "Apple devices only" in host_cannot_run(path)

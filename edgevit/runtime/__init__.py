@@ -11,9 +11,24 @@ from .base import Runner
 
 def host_cannot_run(path: str | Path) -> str | None:
     """Why this machine cannot run the artifact, or None when it can."""
-    if Path(path).suffix == ".mlpackage" and sys.platform != "darwin":
+    path = Path(path)
+    if sys.platform == "darwin":
+        return None
+    if path.suffix == ".mlpackage":
         return "Core ML prediction needs macOS; numerics skipped on this host"
+    if path.suffix == ".pte" and "CoreMLBackend" in pte_backends(path):
+        return "the .pte delegates to Core ML, which runs on Apple devices only; numerics skipped on this host"
     return None
+
+
+def pte_backends(path: Path) -> set[str]:
+    """Backend ids of the delegates inside a .pte (empty when the file cannot be parsed)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    try:
+        return {d.id for d in deserialize_pte_binary(path.read_bytes()).program.execution_plan[0].delegates}
+    except Exception:  # a corrupt file: the runner's own load reports it
+        return set()
 
 
 def open_runner(path: str | Path, threads: int | None = None) -> Runner:

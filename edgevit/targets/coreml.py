@@ -22,7 +22,7 @@ _COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 _PRECISIONS = {"fp16": "FLOAT16", "fp32": "FLOAT32"}
 
 
-def _options(recipe: Recipe) -> dict[str, Any]:
+def conversion_options(recipe: Recipe) -> dict[str, Any]:
     import coremltools as ct
 
     target = recipe.options.get("deployment_target", "iOS17")
@@ -90,7 +90,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         convert_to="mlprogram",
         skip_model_load=True,  # loading compiles the model, which only macOS can do
         **convert_kwargs,
-        **_options(recipe),
+        **conversion_options(recipe),
     )
     mlmodel = _compress(mlmodel, recipe)
     _describe(mlmodel, example, image_input, bool(labels))

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..errors import EdgevitError
 from ..recipe import Recipe
 from .audit import NON_COMPUTE, max_tensor_rank, op_counts, op_name
 from .base import ExportedArtifact
@@ -14,12 +15,39 @@ from .base import ExportedArtifact
 SUFFIX = ".pte"
 
 
-def _partitioners(recipe: Recipe) -> list:
+def _xnnpack(recipe: Recipe):
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
-    known = {"xnnpack": XnnpackPartitioner}
+    return XnnpackPartitioner()
+
+
+def _coreml(recipe: Recipe):
+    """Core ML delegate inside the .pte, with the same deployment options as the coreml target's recipes."""
+    from executorch.backends.apple.coreml.compiler import CoreMLBackend
+    from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+    from .coreml import conversion_options
+
+    opts = conversion_options(recipe)
+    specs = CoreMLBackend.generate_compile_specs(
+        compute_unit=opts["compute_units"],
+        minimum_deployment_target=opts["minimum_deployment_target"],
+        compute_precision=opts["compute_precision"],
+    )
+    return CoreMLPartitioner(compile_specs=specs)
+
+
+PARTITIONERS = {"xnnpack": _xnnpack, "coreml": _coreml}
+
+
+def _partitioners(recipe: Recipe) -> list:
     names = recipe.options.get("partitioners", ["xnnpack"])
-    return [known[n]() for n in names]
+    unknown = [n for n in names if n not in PARTITIONERS]
+    if unknown:
+        raise EdgevitError(
+            f"recipe {recipe.name}: unknown partitioner '{unknown[0]}'; choose from {list(PARTITIONERS)}"
+        )
+    return [PARTITIONERS[n](recipe) for n in names]
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
@@ -38,6 +66,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
 def audit_lowered(gm: torch.fx.GraphModule) -> dict[str, Any]:
     """Partitions and ops inside/outside the delegates of a lowered edge program."""
     partitions = 0
+    backends: set[str] = set()
     inside: Counter = Counter()
     outside: Counter = Counter()
     for node in gm.graph.nodes:
@@ -46,6 +75,7 @@ def audit_lowered(gm: torch.fx.GraphModule) -> dict[str, Any]:
         if "executorch_call_delegate" in str(node.target):
             partitions += 1
             lowered = getattr(gm, node.args[0].target)
+            backends.add(lowered.backend_id)
             inside.update(_delegated_ops(lowered))
             continue
         name = op_name(node)
@@ -53,7 +83,7 @@ def audit_lowered(gm: torch.fx.GraphModule) -> dict[str, Any]:
             outside[name] += 1
     total = sum(inside.values()) + sum(outside.values())
     return {
-        "backend": "XnnpackBackend",
+        "backend": ", ".join(sorted(backends)) or "none",
         "partitions": partitions,
         "ops_delegated": dict(sorted(inside.items())),
         "ops_outside": dict(sorted(outside.items())),
