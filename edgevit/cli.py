@@ -144,7 +144,8 @@ def export(
     rows, failed = [], False
     for each in DEFAULT_RECIPES:
         try:
-            result = _export_one(model, each, options)
+            # --image-input shapes the Core ML artifact only; the other targets take the normalised tensor
+            result = _export_one(model, each, {**options, "image_input": image_input and each == "coreml"})
             rows.append({"target": each, "ok": True, "artifact_path": str(result.artifact), **result.manifest})
         except EdgevitError as e:
             failed = True
