@@ -114,9 +114,12 @@ def export_model(
     chosen = resolve_recipe(target, recipe)
     if image_input and target != "coreml":
         raise EdgevitError(f"--image-input is for the coreml target; {target} artifacts take the normalised tensor")
-    if target == "coreml" and (labels or image_input):
+    pixel_input = image_input or chosen.options.get("input_dtype") == "uint8"
+    if (target == "coreml" and labels) or pixel_input:
         spec = entry.input_spec
-        extra = {"image_input": image_input, "labels": labels, "mean": list(spec.mean), "std": list(spec.std)}
+        extra = {"labels": labels, "mean": list(spec.mean), "std": list(spec.std)}
+        if target == "coreml":
+            extra["image_input"] = image_input
         chosen = replace(chosen, options={**chosen.options, **extra})
     module = _target_module(target)
     size = input_size or entry.input_spec.size
@@ -160,7 +163,7 @@ def export_model(
     remove_path(tmp)
     exported.write(tmp)
     try:
-        numerics = verify_numerics(tmp, reference, photos.numpy())
+        numerics = verify_numerics(tmp, reference, photos.numpy(), entry.input_spec)
         failures = check_gates(
             exported.audit, numerics if "skipped" not in numerics else None, chosen.gates, chosen.name
         )
@@ -172,7 +175,7 @@ def export_model(
             "model": model_name,
             "config": _jsonable(getattr(model, "cfg", None)),
             "weights": _weights_entry(checkpoint, seed),
-            "input": _input_entry(entry.input_spec, size, exported.audit.get("input_layout", "NCHW"), image_input),
+            "input": _input_entry(entry.input_spec, size, exported.audit, image_input),
             "output": {"name": "logits", "shape": [1, int(reference.shape[-1])]},
             "labels": labels,
             "recipe": _recipe_entry(chosen),
@@ -200,12 +203,19 @@ def export_model(
     return ExportResult(artifact, manifest_path, manifest)
 
 
-def verify_numerics(path: Path, reference: np.ndarray, inputs: np.ndarray) -> dict[str, Any]:
-    """Run the artifact on its host runtime and compare with the reference; say why when it cannot run here."""
+def verify_numerics(path: Path, reference: np.ndarray, inputs: np.ndarray, spec: InputSpec) -> dict[str, Any]:
+    """Run the artifact on its host runtime and compare with the reference; say why when it cannot run here.
+
+    ``inputs`` are normalised; an artifact that normalises inside gets the photos' pixel values back.
+    """
     reason = host_cannot_run(path)
     if reason:
         return {"skipped": reason}
     runner = open_runner(path)
+    if runner.raw_pixels:
+        mean = np.asarray(spec.mean, np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(spec.std, np.float32).reshape(1, -1, 1, 1)
+        inputs = np.rint((inputs * std + mean) * 255.0)
     return {**compare(reference, runner.run_batch(inputs)), "runtime": runner.name}
 
 
@@ -234,8 +244,25 @@ def _weights_entry(checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
     return {"checkpoint": None, "seed": seed, "note": f"random init (seed {seed}): pass --checkpoint for real weights"}
 
 
-def _input_entry(spec: InputSpec, size: int, layout: str, image_input: bool = False) -> dict[str, Any]:
+def _input_entry(spec: InputSpec, size: int, audit: dict[str, Any], image_input: bool) -> dict[str, Any]:
     shape = list(spec.shape(size))
+    layout = audit.get("input_layout", "NCHW")
+    if audit.get("input_dtype") == "uint8":
+        return {
+            "name": "pixels",
+            "shape": [shape[0], shape[2], shape[3], shape[1]],
+            "layout": "NHWC",
+            "dtype": "uint8",
+            "channel_order": spec.channel_order,
+            "preprocessing": {
+                "resize_short_side": round(size / spec.crop_pct),
+                "center_crop": size,
+                "interpolation": spec.interpolation,
+                "normalisation": "inside the model: (pixel / 255 - mean) / std",
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+            },
+        }
     if image_input:
         return {
             "name": "image",

@@ -139,6 +139,6 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
     photos = load_images(images, get_entry(model_name).input_spec, size, limit=num_images)
     with torch.no_grad():
         reference = model(photos).numpy()
-    numerics = verify_numerics(artifact, reference, photos.numpy())
+    numerics = verify_numerics(artifact, reference, photos.numpy(), get_entry(model_name).input_spec)
     numerics["images"] = [p.name for p in image_paths(images)[:num_images]]
     return {"artifact": str(artifact), "model": model_name, "numerics": numerics}

@@ -107,5 +107,6 @@ def test_recipes_lists_every_builtin():
         "coreml-palettize4",
         "tflite-fp32",
         "tflite-fp32-nhwc",
+        "tflite-uint8-nhwc",
         "onnx-fp32",
     } <= names

@@ -172,3 +172,26 @@ def test_pte_with_the_coreml_delegate(tmp_path):
     assert audit_file(path)["backend"] == "CoreMLBackend"
     if sys.platform != "darwin":
         assert "Apple devices only" in host_cannot_run(path)
+
+
+def test_tflite_uint8_pixel_input_normalises_inside(tmp_path, photos_64):
+    from dataclasses import replace
+
+    from edgevit.export import verify_numerics
+    from edgevit.models import get_entry
+
+    spec = get_entry("lvt").input_spec
+    base = get_recipe("tflite-uint8-nhwc")
+    recipe = replace(base, options={**base.options, "mean": list(spec.mean), "std": list(spec.std)})
+    model = tiny_lvt()
+    artifact = tflite.export(lower(model, "tflite"), X, recipe)
+    assert artifact.audit["input_dtype"] == "uint8" and artifact.audit["all_builtin"]
+    path = tmp_path / "pixels.tflite"
+    artifact.write(path)
+    runner = open_runner(path)
+    assert runner.raw_pixels
+    with torch.no_grad():
+        ref = model(photos_64).numpy()
+    # the photos are given normalised; the check feeds their exact pixel values back
+    result = verify_numerics(path, ref, photos_64.numpy(), spec)
+    assert result["max_abs_diff"] < 1e-4 and result["top1_agreement"] == 1.0

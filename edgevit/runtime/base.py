@@ -13,6 +13,8 @@ class Runner(ABC):
 
     name: str = ""
     load_seconds: float = 0.0
+    # True when the artifact takes 0..255 pixels (normalisation inside); callers then pass pixel values
+    raw_pixels: bool = False
 
     @abstractmethod
     def run(self, x: np.ndarray) -> np.ndarray: ...

@@ -29,9 +29,13 @@ class TFLiteRunner(Runner):
         shape = tuple(self._input["shape"])
         # a channels-last model takes (1, H, W, C); callers always pass NCHW
         self._nhwc = len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
+        self._dtype = self._input["dtype"]
+        self.raw_pixels = self._dtype == np.uint8
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1) if self._nhwc else x, dtype=np.float32)
+        """``x`` is NCHW: normalised floats, or 0..255 pixel values when ``raw_pixels``."""
+        x = x.transpose(0, 2, 3, 1) if self._nhwc else x
+        x = np.ascontiguousarray(np.rint(x).clip(0, 255) if self.raw_pixels else x, dtype=self._dtype)
         self._interpreter.set_tensor(self._input["index"], x)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"]).copy()

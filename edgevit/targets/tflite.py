@@ -22,20 +22,40 @@ _LAYOUTS = ("NCHW", "NHWC")
 NON_BUILTIN_PREFIXES = ("Flex", "STABLEHLO_", "CUSTOM")
 
 
+class PixelInput(torch.nn.Module):
+    """uint8 NHWC camera pixels in; the cast, layout change and normalisation run inside the model."""
+
+    def __init__(self, model: torch.nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).reshape(1, -1, 1, 1))
+        self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).reshape(1, -1, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels.permute(0, 3, 1, 2).float() * self.scale + self.shift)
+
+
 def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
     import litert_torch
 
     layout = recipe.options.get("input_layout", "NCHW")
+    dtype = recipe.options.get("input_dtype", "float32")
     if layout not in _LAYOUTS:
         raise EdgevitError(f"recipe {recipe.name}: input_layout '{layout}'; choose NCHW or NHWC")
+    if dtype not in ("float32", "uint8") or (dtype == "uint8" and layout != "NHWC"):
+        raise EdgevitError(f"recipe {recipe.name}: input_dtype '{dtype}'; choose float32, or uint8 with NHWC layout")
     sample = example
-    if layout == "NHWC":
+    if dtype == "uint8":
+        model = PixelInput(model.eval(), recipe.options["mean"], recipe.options["std"])
+        sample = torch.randint(0, 256, (example.shape[0], *example.shape[2:], example.shape[1]), dtype=torch.uint8)
+    elif layout == "NHWC":
         model = litert_torch.to_channel_last_io(model.eval(), args=[0])
         sample = example.permute(0, 2, 3, 1).contiguous()
     data = litert_torch.convert(model.eval(), (sample,)).model_content()
     audit = audit_tflite(data)
     audit["input_layout"] = layout
+    audit["input_dtype"] = dtype
     return ExportedArtifact.from_bytes(data, audit)
 
 
