@@ -108,8 +108,12 @@ def export(
 ) -> None:
     """Export MODEL for a target: lower, convert, verify on real photos, gate, write artifact + manifest."""
     from .export import read_labels
+    from .models import check_input_size, get_entry
     from .recipe import DEFAULT_RECIPES
 
+    get_entry(model)  # a bad name or size fails once, before any target is tried
+    if input_size is not None:
+        check_input_size(model, input_size)
     options = dict(
         recipe=recipe,
         checkpoint=checkpoint,
