@@ -313,6 +313,7 @@ def main() -> None:
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
         os.environ.setdefault("TQDM_DISABLE", "1")  # converters' pass-by-pass bars; the CLI shows its own
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA/oneDNN start-up notices from litert's jax
     try:
         app(standalone_mode=False)
     except EdgevitError as e:

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import EdgevitError
 from .base import Runner
+from .quiet import native_stderr_silenced
 
 
 class TFLiteRunner(Runner):
@@ -19,8 +20,9 @@ class TFLiteRunner(Runner):
 
         t0 = time.perf_counter()
         try:
-            self._interpreter = Interpreter(model_path=str(path), num_threads=threads or 2)
-            self._interpreter.allocate_tensors()
+            with native_stderr_silenced():  # "Created TensorFlow Lite XNNPACK delegate" on every load
+                self._interpreter = Interpreter(model_path=str(path), num_threads=threads or 2)
+                self._interpreter.allocate_tensors()
         except (RuntimeError, ValueError) as e:
             raise EdgevitError(f"{path} is not a loadable .tflite model ({str(e).splitlines()[0][:120]})") from None
         self.load_seconds = time.perf_counter() - t0

@@ -69,9 +69,12 @@ def audit_tflite(data: bytes) -> dict[str, Any]:
     ops = Counter(op["op_name"] for op in plain._get_ops_details())
     ranks = [(len(t["shape"]), t["name"]) for t in plain.get_tensor_details()]
     rank, where = max(ranks, default=(0, ""))
+    from ..runtime.quiet import native_stderr_silenced
+
     delegated = Interpreter(model_content=data, num_threads=1)  # XNNPACK is the default delegate
     try:
-        delegated.allocate_tensors()  # delegation happens here
+        with native_stderr_silenced():
+            delegated.allocate_tensors()  # delegation happens here
         partitions, runtime_error = sum(op["op_name"] == "DELEGATE" for op in delegated._get_ops_details()), ""
     except RuntimeError as e:  # e.g. a stablehlo scatter the runtime cannot prepare
         partitions, runtime_error = None, str(e).strip().splitlines()[0][:200]
