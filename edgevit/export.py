@@ -245,54 +245,29 @@ def _weights_entry(checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
 
 
 def _input_entry(spec: InputSpec, size: int, audit: dict[str, Any], image_input: bool) -> dict[str, Any]:
+    """What the app feeds: tensor or image, shape, layout, dtype and the exact preprocessing."""
     shape = list(spec.shape(size))
-    layout = audit.get("input_layout", "NCHW")
-    if audit.get("input_dtype") == "uint8":
-        return {
-            "name": "pixels",
-            "shape": [shape[0], shape[2], shape[3], shape[1]],
-            "layout": "NHWC",
-            "dtype": "uint8",
-            "channel_order": spec.channel_order,
-            "preprocessing": {
-                "resize_short_side": round(size / spec.crop_pct),
-                "center_crop": size,
-                "interpolation": spec.interpolation,
-                "normalisation": "inside the model: (pixel / 255 - mean) / std",
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-            },
-        }
-    if image_input:
-        return {
-            "name": "image",
-            "type": "image (Core ML ImageType, RGB, 0-255 pixels)",
-            "shape": shape,
-            "channel_order": spec.channel_order,
-            "preprocessing": {
-                "resize_short_side": round(size / spec.crop_pct),
-                "center_crop": size,
-                "interpolation": spec.interpolation,
-                "normalisation": "inside the model: (pixel / 255 - mean) / std",
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-            },
-        }
-    return {
-        "name": "image",
+    pixels = audit.get("input_dtype") == "uint8"
+    layout = "NHWC" if pixels else audit.get("input_layout", "NCHW")
+    inside = pixels or image_input  # normalisation runs inside the model
+    entry: dict[str, Any] = {
+        "name": "pixels" if pixels else "image",
         "shape": shape if layout == "NCHW" else [shape[0], shape[2], shape[3], shape[1]],
         "layout": layout,
-        "dtype": spec.dtype,
+        "dtype": "uint8" if pixels else spec.dtype,
         "channel_order": spec.channel_order,
         "preprocessing": {
             "resize_short_side": round(size / spec.crop_pct),
             "center_crop": size,
             "interpolation": spec.interpolation,
-            "scale": "1/255",
+            **({"normalisation": "inside the model: (pixel / 255 - mean) / std"} if inside else {"scale": "1/255"}),
             "mean": list(spec.mean),
             "std": list(spec.std),
         },
     }
+    if image_input:
+        entry["type"] = "image (Core ML ImageType, RGB, 0-255 pixels)"
+    return entry
 
 
 def model_stats(model_name: str, size: int | None = None) -> dict[str, Any]:
