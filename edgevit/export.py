@@ -266,7 +266,7 @@ def _input_entry(spec: InputSpec, size: int, audit: dict[str, Any], image_input:
         },
     }
     if image_input:
-        entry["type"] = "image (Core ML ImageType, RGB, 0-255 pixels)"
+        entry.update(type="image (Core ML ImageType, RGB, 0-255 pixels)", dtype="image")
     return entry
 
 
