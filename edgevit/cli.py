@@ -312,6 +312,8 @@ def main() -> None:
         # "torchvision is not installed" once per torchvision op, from the ONNX exporter's registry
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+        # "exported with CoreML specification version N": said for every model, whatever the target set
+        logging.getLogger("executorch.backends.apple.coreml.compiler.coreml_preprocess").setLevel(logging.ERROR)
         os.environ.setdefault("TQDM_DISABLE", "1")  # converters' pass-by-pass bars; the CLI shows its own
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA/oneDNN start-up notices from litert's jax
     try:

@@ -28,6 +28,7 @@ class Gates:
     max_partitions: int | None = None
     max_ops_outside: int | None = None
     max_rank: int | None = None
+    max_transposes: int | None = None  # layout copies in the program (each one a memory copy on the NE)
     banned_ops: tuple[str, ...] = ()
     max_abs_diff: float | None = None
     min_sqnr_db: float | None = None
@@ -79,7 +80,7 @@ def _parse_gates(raw: Any, src: str) -> Gates:
                 raise _fail(src, f"gate '{key}' must be a number, got {value!r}")
             if key.startswith("max_") and key != "max_abs_diff" and (value < 0 or int(value) != value):
                 raise _fail(src, f"gate '{key}' must be a non-negative integer, got {value!r}")
-            values[key] = int(value) if key in ("max_partitions", "max_ops_outside", "max_rank") else float(value)
+            values[key] = float(value) if key in ("max_abs_diff", "min_sqnr_db") else int(value)
     return Gates(**values)
 
 

@@ -8,6 +8,7 @@ import torch
 from edgevit.errors import EdgevitError
 from edgevit.lowering import lower
 from edgevit.lowering.lvt import DeployClassBlock, DeployCSA, DeployRASA
+from edgevit.lowering.lvt_channels_first import ChannelsFirstClassBlock, ChannelsFirstCSA, ChannelsFirstRASA
 from edgevit.models import create_model
 from edgevit.models.lvt import CSA, RASA, ClassBlock
 from edgevit.targets.audit import max_tensor_rank, op_counts
@@ -24,6 +25,40 @@ def test_deploy_csa_equals_csa(B, H, W, C, heads):
     x = torch.randn(B, H, W, C)
     with torch.no_grad():
         torch.testing.assert_close(DeployCSA.from_module(m)(x), m(x), **TOL)
+
+
+def _nchw(module, x_nhwc):
+    return module(x_nhwc.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("B,H,W,C,heads", [(2, 8, 8, 16, 2), (1, 12, 6, 10, 1), (1, 56, 56, 64, 2)])
+def test_channels_first_csa_equals_csa(B, H, W, C, heads):
+    torch.manual_seed(0)
+    m = CSA(C, heads).eval()
+    x = torch.randn(B, H, W, C)
+    with torch.no_grad():
+        torch.testing.assert_close(_nchw(ChannelsFirstCSA.from_module(m), x), m(x), **TOL)
+    with pytest.raises(ValueError, match="kernel 3"):
+        ChannelsFirstCSA.from_module(CSA(8, 1, kernel_size=5))
+
+
+@pytest.mark.parametrize("sr,recursions", [(1, 2), (2, 2), (4, 1), (2, 3)])
+def test_channels_first_rasa_equals_rasa(sr, recursions):
+    torch.manual_seed(0)
+    m = RASA(20, 4, sr_ratio=sr, recursions=recursions).eval()
+    x = torch.randn(2, 8, 8, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(_nchw(ChannelsFirstRASA.from_module(m), x), m(x), **TOL)
+
+
+def test_channels_first_class_block_equals_class_block():
+    torch.manual_seed(0)
+    m = ClassBlock(32, 4, 4).eval()
+    x = torch.randn(2, 17, 32)
+    tokens = x.transpose(1, 2).reshape(2, 32, 1, 17)  # B, C, 1, tokens
+    with torch.no_grad():
+        out = ChannelsFirstClassBlock(m)(tokens).reshape(2, 32, 17).transpose(1, 2)
+        torch.testing.assert_close(out, m(x), **TOL)
 
 
 def test_csa_patches_are_unfold():
@@ -56,12 +91,13 @@ def test_deploy_class_block_equals_class_block():
         torch.testing.assert_close(DeployClassBlock.from_module(m)(x), m(x), **TOL)
 
 
+@pytest.mark.parametrize("target", ["executorch", "coreml"])  # the NHWC form and the channels-first form
 @pytest.mark.parametrize("name", ["lvt", "lvt_cls"])
-def test_lowered_model_equals_training_form_on_real_photos(name, photos_224):
+def test_lowered_model_equals_training_form_on_real_photos(name, target, photos_224):
     torch.manual_seed(0)
     model = create_model(name).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    deploy = lower(model, "executorch")
+    deploy = lower(model, target)
     with torch.no_grad():
         ref, out = model(photos_224), deploy(photos_224)
     assert (ref - out).abs().max().item() <= 1e-4

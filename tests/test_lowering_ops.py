@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevit.lowering.ops import (
+    ChannelLayerNorm,
     LinearLayerNorm,
+    fold_k3s2p1_nchw,
     fold_k3s2p1_nhwc,
     linear_silu,
     spatial_mean_nhwc,
@@ -52,6 +54,30 @@ def test_phase_fold_detects_a_wrong_tap_order():
     order = [0, 3, 6, 1, 4, 7, 2, 5, 8]
     taps = [z[:, :, t].permute(0, 2, 3, 1) for t in order]
     assert (fold_k3s2p1_nhwc(taps).permute(0, 3, 1, 2) - ref).abs().max() > 1e-2
+
+
+def test_channel_layer_norm_is_layer_norm_over_channels():
+    torch.manual_seed(0)
+    ln = nn.LayerNorm(24, eps=1e-6)
+    nn.init.normal_(ln.weight)
+    nn.init.normal_(ln.bias)
+    x = torch.randn(2, 24, 5, 7) * 3 + 1
+    ref = ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ChannelLayerNorm.from_module(ln)(x), ref, **TOL)
+    with pytest.raises(ValueError, match="affine"):
+        ChannelLayerNorm.from_module(nn.LayerNorm(8, elementwise_affine=False))
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (4, 6), (1, 3)])
+def test_channels_first_phase_fold_is_col2im(hw):
+    torch.manual_seed(0)
+    B, C = 2, 3
+    h, w = hw
+    z = torch.randn(B, C, 9, h, w)
+    ref = F.fold(z.reshape(B, C * 9, h * w), (2 * h, 2 * w), 3, padding=1, stride=2)
+    torch.testing.assert_close(fold_k3s2p1_nchw([z[:, :, t] for t in range(9)]), ref, **TOL)
+    swapped = [0, 3, 6, 1, 4, 7, 2, 5, 8]  # rows and columns of the taps exchanged: must not match
+    assert (fold_k3s2p1_nchw([z[:, :, t] for t in swapped]) - ref).abs().max() > 1e-2
 
 
 def test_spatial_mean_and_silu():

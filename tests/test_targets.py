@@ -13,6 +13,7 @@ from edgevit.numerics import compare
 from edgevit.recipe import get_recipe
 from edgevit.runtime import host_cannot_run, open_runner
 from edgevit.targets import coreml, onnx, tflite
+from edgevit.targets.audit import check_gates
 
 from .conftest import tiny_lvt
 
@@ -59,6 +60,18 @@ def test_coreml_program_has_no_banned_op_and_rank_at_most_4(coreml_tiny):
     assert audit["ops"]["layer_norm"] > 0 and audit["ops"]["matmul"] > 0
     assert audit["fp16_share"] > 0.9
     assert path.is_dir() and (path / "Manifest.json").is_file()
+    # channels-first throughout: the keys' transposes are folded into matmul, none is left
+    assert audit["transposes"] <= recipe.gates.max_transposes and audit["transposes"] == 0
+
+
+def test_coreml_transpose_gate_fails_a_channels_last_graph():
+    # the NHWC deploy form converts, but moves layouts around every conv and attention
+    nhwc = lower(tiny_lvt(), "onnx")
+    recipe = get_recipe("coreml-fp16")
+    audit = coreml.export(nhwc, X, recipe).audit
+    failures = check_gates(audit, None, recipe.gates, recipe.name)
+    assert audit["transposes"] > recipe.gates.max_transposes
+    assert any("transpose ops in the program" in f for f in failures)
 
 
 def test_bare_mlpackage_audit_matches_the_export_audit(coreml_tiny):

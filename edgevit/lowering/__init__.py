@@ -13,13 +13,14 @@ from torch import nn
 from ..errors import EdgevitError
 from ..models.lvt import LVT
 from .lvt import DeployLVT
+from .lvt_channels_first import ChannelsFirstLVT
 from .passes import native_layer_norm
 
 # the passes that adapt the shared deploy form to each target, in order
 TARGET_PASSES: dict[str, list[Callable[[nn.Module], nn.Module]]] = {
     "executorch": [],  # XNNPACK takes LayerNorm only as Linear reductions
     "tflite": [],
-    "coreml": [native_layer_norm],
+    "coreml": [],  # its own channels-first form
     "onnx": [native_layer_norm],
 }
 TARGETS = tuple(TARGET_PASSES)
@@ -28,13 +29,17 @@ TARGETS = tuple(TARGET_PASSES)
 _LOWERINGS: dict[type, Callable[[nn.Module], nn.Module]] = {
     LVT: DeployLVT.from_module,
 }
+# (model class, target) -> a form of its own for that target
+_TARGET_LOWERINGS: dict[tuple[type, str], Callable[[nn.Module], nn.Module]] = {
+    (LVT, "coreml"): ChannelsFirstLVT.from_module,  # NCHW throughout: no transposes on the Neural Engine
+}
 
 
 def lower(model: nn.Module, target: str = "executorch") -> nn.Module:
     """Return a new eval-mode module equal to ``model`` in deploy form for ``target``; ``model`` is untouched."""
     if target not in TARGETS:
         raise EdgevitError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
-    build = _LOWERINGS.get(type(model))
+    build = _TARGET_LOWERINGS.get((type(model), target)) or _LOWERINGS.get(type(model))
     if build is None:
         raise EdgevitError(
             f"no lowering for {type(model).__name__}; lowered families: {', '.join(t.__name__ for t in _LOWERINGS)}"

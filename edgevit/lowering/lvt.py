@@ -14,32 +14,9 @@ from torch import nn
 
 from ..models import lvt as train
 from .ops import LinearLayerNorm, ShortRowSoftmax, fold_k3s2p1_nhwc, linear_silu, spatial_mean_nhwc
+from .weights import conv_copy, linear_from
 
 __all__ = ["DeployLVT", "DeployCSA", "DeployRASA", "DeployClassBlock"]
-
-
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
-    out_f, in_f = weight.shape[:2]
-    layer = nn.Linear(in_f, out_f, bias=bias is not None)
-    layer.weight.copy_(weight.reshape(out_f, in_f))
-    if bias is not None:
-        layer.bias.copy_(bias)
-    return layer
-
-
-def _conv_copy(conv: nn.Conv2d) -> nn.Conv2d:
-    new = nn.Conv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        bias=conv.bias is not None,
-    )
-    new.load_state_dict(conv.state_dict())
-    return new
 
 
 class DeployCSA(nn.Module):
@@ -142,7 +119,7 @@ class DeployRASA(nn.Module):
         new.proj.load_state_dict(m.proj.state_dict())
         new.ds_weight.copy_(m.ds.weight)
         if m.sr_ratio > 1:
-            new.sr = _conv_copy(m.sr)
+            new.sr = conv_copy(m.sr)
             new.norm = LinearLayerNorm.from_module(m.norm)
         return new
 
@@ -200,8 +177,8 @@ class DeployMlp(nn.Module):
     @torch.no_grad()
     def from_module(cls, m: train.Mlp) -> DeployMlp:
         if m.depthwise:
-            return cls(_conv_copy(m.fc1), _conv_copy(m.fc2), _conv_copy(m.depconv))
-        return cls(_linear(m.fc1.weight, m.fc1.bias), _linear(m.fc2.weight, m.fc2.bias), None)
+            return cls(conv_copy(m.fc1), conv_copy(m.fc2), conv_copy(m.depconv))
+        return cls(linear_from(m.fc1.weight, m.fc1.bias), linear_from(m.fc2.weight, m.fc2.bias), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.depconv is None:
@@ -238,7 +215,7 @@ class DeployPatchEmbed(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_module(cls, m: train.PatchEmbed) -> DeployPatchEmbed:
-        return cls(_conv_copy(m.proj), LinearLayerNorm.from_module(m.norm), m.nchw_input)
+        return cls(conv_copy(m.proj), LinearLayerNorm.from_module(m.norm), m.nchw_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.nchw_input:
@@ -255,13 +232,13 @@ class DeployClassBlock(nn.Module):
         C = a.num_heads * a.head_dim
         self.num_heads = a.num_heads
         self.norm1 = LinearLayerNorm.from_module(m.norm1)
-        self.q = _linear(a.q.weight * a.scale)
-        self.k = _linear(a.kv.weight[:C])
-        self.v = _linear(a.kv.weight[C:])
-        self.proj = _linear(a.proj.weight, a.proj.bias)
+        self.q = linear_from(a.q.weight * a.scale)
+        self.k = linear_from(a.kv.weight[:C])
+        self.v = linear_from(a.kv.weight[C:])
+        self.proj = linear_from(a.proj.weight, a.proj.bias)
         self.norm2 = LinearLayerNorm.from_module(m.norm2)
-        self.fc1 = _linear(m.mlp.fc1.weight, m.mlp.fc1.bias)
-        self.fc2 = _linear(m.mlp.fc2.weight, m.mlp.fc2.bias)
+        self.fc1 = linear_from(m.mlp.fc1.weight, m.mlp.fc1.bias)
+        self.fc2 = linear_from(m.mlp.fc2.weight, m.mlp.fc2.bias)
 
     @classmethod
     @torch.no_grad()
@@ -296,12 +273,12 @@ class DeployLVT(nn.Module):
             for stage in model.backbone
         )
         self.norm = LinearLayerNorm.from_module(model.norm)
-        self.head = _linear(model.head.weight, model.head.bias) if cfg.num_classes > 0 else nn.Identity()
+        self.head = linear_from(model.head.weight, model.head.bias) if cfg.num_classes > 0 else nn.Identity()
         self.class_attention = cfg.class_attention_layers > 0
         if self.class_attention:
             self.cls_token = nn.Parameter(model.cls_token.detach().clone())
             self.post_network = nn.ModuleList(DeployClassBlock.from_module(b) for b in model.post_network)
-            self.aux_head = _linear(model.aux_head.weight, model.aux_head.bias)
+            self.aux_head = linear_from(model.aux_head.weight, model.aux_head.bias)
 
     @classmethod
     @torch.no_grad()

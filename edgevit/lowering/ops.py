@@ -17,7 +17,9 @@ __all__ = [
     "ShortRowSoftmax",
     "linear_silu",
     "fold_k3s2p1_nhwc",
+    "fold_k3s2p1_nchw",
     "spatial_mean_nhwc",
+    "ChannelLayerNorm",
 ]
 
 
@@ -53,6 +55,31 @@ class LinearLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centered = x - F.linear(x, self.mean_weight)
         var = F.linear(centered * centered, self.mean_weight)
+        return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channel axis of an NCHW map: a token LayerNorm with no layout change.
+
+    Core ML (and the Neural Engine) work channels-first; normalising dim 1 in place saves the two
+    transposes a last-axis LayerNorm would need around it.
+    """
+
+    def __init__(self, dim: int, eps: float, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(weight.detach().clone().reshape(1, dim, 1, 1))
+        self.bias = nn.Parameter(bias.detach().clone().reshape(1, dim, 1, 1))
+
+    @classmethod
+    def from_module(cls, norm: nn.LayerNorm | LinearLayerNorm) -> ChannelLayerNorm:
+        if isinstance(norm, nn.LayerNorm) and (len(norm.normalized_shape) != 1 or not norm.elementwise_affine):
+            raise ValueError("only an affine LayerNorm over the last axis is supported")
+        return cls(norm.weight.shape[0], norm.eps, norm.weight, norm.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centered = x - x.mean(dim=1, keepdim=True)
+        var = (centered * centered).mean(dim=1, keepdim=True)
         return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
 
@@ -118,6 +145,28 @@ def fold_k3s2p1_nhwc(taps: list[torch.Tensor]) -> torch.Tensor:
     even_rows = _interleave(r1_even, r1_odd, dim=2)
     odd_rows = _interleave(r2_even + _shift_up(r0_even, dim=1), r2_odd + _shift_up(r0_odd, dim=1), dim=2)
     return _interleave(even_rows, odd_rows, dim=1)
+
+
+def _next_nchw(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """out[i] = x[i + 1] along ``dim`` (2 = rows, 3 = cols of an NCHW map), zero at the far edge."""
+    moved = x.narrow(dim, 1, x.shape[dim] - 1)
+    return F.pad(moved, (0, 1) if dim == 3 else (0, 0, 0, 1))
+
+
+def fold_k3s2p1_nchw(taps: list[torch.Tensor]) -> torch.Tensor:
+    """:func:`fold_k3s2p1_nhwc` for (B, C, h, w) taps: the four output phases, interleaved by ``pixel_shuffle``.
+
+    Phase (row parity r, col parity s) is a sum of shifted taps (see the NHWC form); stacking the phases as
+    channel ``c*4 + 2r + s`` makes the interleave one depth-to-space op, which Core ML has natively.
+    """
+    t = taps
+    even_even = t[4]
+    even_odd = t[5] + _next_nchw(t[3], 3)
+    odd_even = t[7] + _next_nchw(t[1], 2)
+    odd_odd = t[8] + _next_nchw(t[6], 3) + _next_nchw(t[2] + _next_nchw(t[0], 3), 2)
+    B, C, h, w = even_even.shape
+    phases = [p.reshape(B, C, 1, h * w) for p in (even_even, even_odd, odd_even, odd_odd)]
+    return F.pixel_shuffle(torch.cat(phases, dim=2).reshape(B, 4 * C, h, w), 2)
 
 
 def spatial_mean_nhwc(x: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,9 @@ def check_gates(audit: dict[str, Any], numerics: dict[str, float] | None, gates:
     rank = audit.get("max_rank")
     if gates.max_rank is not None and rank is not None and rank > gates.max_rank:
         failures.append(f"a rank-{rank} tensor from {audit.get('max_rank_op')} (max rank {gates.max_rank})")
+    transposes = audit.get("transposes")
+    if gates.max_transposes is not None and transposes is not None and transposes > gates.max_transposes:
+        failures.append(f"{transposes} transpose ops in the program (max {gates.max_transposes})")
     present = audit.get("ops", {})
     banned = sorted(op for op in gates.banned_ops if present.get(op))
     if banned:
