@@ -78,8 +78,12 @@ def recipes(
 def export(
     model: Annotated[str, typer.Argument(help="Model name (see `edgevit models`).")],
     target: Annotated[
-        str, typer.Option(help="executorch (.pte), coreml (.mlpackage), tflite, onnx, or all (every default recipe).")
-    ] = "executorch",
+        str | None,
+        typer.Option(
+            help="executorch (.pte), coreml (.mlpackage), tflite, onnx, or all (every default recipe); "
+            "default: the recipe's target, else executorch."
+        ),
+    ] = None,
     recipe: Annotated[
         str | None, typer.Option(help="Recipe name or YAML file; default: the target's default recipe.")
     ] = None,
@@ -109,8 +113,10 @@ def export(
     """Export MODEL for a target: lower, convert, verify on real photos, gate, write artifact + manifest."""
     from .export import read_labels
     from .models import check_input_size, get_entry
-    from .recipe import DEFAULT_RECIPES
+    from .recipe import DEFAULT_RECIPES, get_recipe
 
+    if target is None:
+        target = get_recipe(recipe).target if recipe else "executorch"
     get_entry(model)  # a bad name or size fails once, before any target is tried
     if input_size is not None:
         check_input_size(model, input_size)

@@ -20,6 +20,7 @@ def native_stderr_silenced():
         os.dup2(devnull, 2)
         yield
     finally:
+        sys.stderr.flush()  # Python-level writes made inside the block go to /dev/null too
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)

@@ -18,6 +18,7 @@ from .base import ExportedArtifact
 
 SUFFIX = ".tflite"
 _LAYOUTS = ("NCHW", "NHWC")
+_PRECISIONS = ("fp32", "fp16")  # fp16: float16 weights, fp32 activations
 # ops a stock LiteRT runtime cannot run or that leave the CPU/GPU delegates
 NON_BUILTIN_PREFIXES = ("Flex", "STABLEHLO_", "CUSTOM")
 
@@ -37,7 +38,10 @@ class PixelInput(torch.nn.Module):
 
 def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
-    import litert_torch
+    from ..runtime.quiet import native_stderr_silenced
+
+    with native_stderr_silenced():  # TensorFlow's oneDNN/absl notices, printed natively at import
+        import litert_torch
 
     layout = recipe.options.get("input_layout", "NCHW")
     dtype = recipe.options.get("input_dtype", "float32")
@@ -53,10 +57,35 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         model = litert_torch.to_channel_last_io(model.eval(), args=[0])
         sample = example.permute(0, 2, 3, 1).contiguous()
     data = litert_torch.convert(model.eval(), (sample,)).model_content()
+    if recipe.precision not in _PRECISIONS:
+        raise EdgevitError(f"recipe {recipe.name}: precision '{recipe.precision}'; the tflite target takes fp32 or fp16")
+    if recipe.precision == "fp16":
+        data = fp16_weights(data)
     audit = audit_tflite(data)
     audit["input_layout"] = layout
     audit["input_dtype"] = dtype
+    audit["weights"] = recipe.precision
     return ExportedArtifact.from_bytes(data, audit)
+
+
+def fp16_weights(data: bytes) -> bytes:
+    """Store the weights of FULLY_CONNECTED and (depthwise) CONV_2D as float16, each read through a DEQUANTIZE.
+
+    The TFLite "float16 quantization": half the file, and delegates that compute in fp16 (GPU, XNNPACK on
+    ARMv8.2) take the weights as they are; fp32 CPU kernels dequantize once at load. Uses ai-edge-quantizer's
+    float-casting algorithm, which covers those three ops; other constants stay fp32.
+    """
+    from ..runtime.quiet import native_stderr_silenced
+
+    with native_stderr_silenced():  # TensorFlow start-up notices and a progress bar that has no off switch
+        from ai_edge_quantizer import quantizer, qtyping
+        from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+        ops = qtyping.TFLOperationName
+        fp16 = quantizer.Quantizer(data)
+        for op in (ops.FULLY_CONNECTED, ops.CONV_2D, ops.DEPTHWISE_CONV_2D):
+            fp16.add_weight_only_config(".*", op, 16, algorithm_key=AlgorithmName.FLOAT_CASTING)
+        return bytes(fp16.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
 
 
 def audit_tflite(data: bytes) -> dict[str, Any]:
