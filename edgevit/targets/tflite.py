@@ -43,6 +43,10 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
     with native_stderr_silenced():  # TensorFlow's oneDNN/absl notices, printed natively at import
         import litert_torch
 
+    if recipe.precision not in _PRECISIONS:
+        raise EdgevitError(
+            f"recipe {recipe.name}: precision '{recipe.precision}'; the tflite target takes fp32 or fp16"
+        )
     layout = recipe.options.get("input_layout", "NCHW")
     dtype = recipe.options.get("input_dtype", "float32")
     if layout not in _LAYOUTS:
@@ -57,8 +61,6 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         model = litert_torch.to_channel_last_io(model.eval(), args=[0])
         sample = example.permute(0, 2, 3, 1).contiguous()
     data = litert_torch.convert(model.eval(), (sample,)).model_content()
-    if recipe.precision not in _PRECISIONS:
-        raise EdgevitError(f"recipe {recipe.name}: precision '{recipe.precision}'; the tflite target takes fp32 or fp16")
     if recipe.precision == "fp16":
         data = fp16_weights(data)
     audit = audit_tflite(data)
@@ -78,7 +80,7 @@ def fp16_weights(data: bytes) -> bytes:
     from ..runtime.quiet import native_stderr_silenced
 
     with native_stderr_silenced():  # TensorFlow start-up notices and a progress bar that has no off switch
-        from ai_edge_quantizer import quantizer, qtyping
+        from ai_edge_quantizer import qtyping, quantizer
         from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
         ops = qtyping.TFLOperationName
