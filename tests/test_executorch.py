@@ -64,6 +64,7 @@ def test_naive_export_fails_the_gates_naming_the_op(tiny_exports):
     failures = check_gates(audit, None, RECIPE.gates, RECIPE.name)
     assert any("partitions" in f for f in failures)
     assert any("native_layer_norm" in f for f in failures)
+    assert any("a rank-5 tensor" in f for f in failures)  # the 5-D attention of the reference CSA
     with pytest.raises(GateError, match="native_layer_norm"):
         raise_on_failures(failures)
 

@@ -115,6 +115,15 @@ def test_training_form_tflite_needs_a_scatter_the_runtime_cannot_run():
     assert not audit["all_builtin"]
     assert any(op.startswith("STABLEHLO") for op in audit["non_builtin_ops"])
     assert "failed to prepare" in audit["runtime_error"] and audit["xnnpack_partitions"] is None
+    recipe = get_recipe("tflite-fp32")
+    failures = check_gates(audit, None, recipe.gates, recipe.name)
+    assert any("banned ops present" in f and "STABLEHLO_SCATTER" in f for f in failures)
+
+
+def test_coreml_fp32_recipe_computes_in_fp32(coreml_tiny):
+    audit = coreml.export(lower(tiny_lvt(), "coreml"), X, get_recipe("coreml-fp32")).audit
+    assert audit["fp16_share"] == 0.0 and coreml_tiny[0].audit["fp16_share"] > 0.9
+    assert audit["ops"] == {op: n for op, n in coreml_tiny[0].audit["ops"].items() if op != "cast"}
 
 
 @pytest.mark.parametrize(
