@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_bench import BENCH_EXAMPLES, bench, devices_app
 from .errors import EdgevitError
 
 app = typer.Typer(
@@ -181,6 +182,10 @@ def export(
         out.print(f"artifacts and manifests in {output_dir}", highlight=False)
     if failed:
         raise typer.Exit(3)
+
+
+app.command(epilog=BENCH_EXAMPLES)(bench)
+app.add_typer(devices_app, name="devices")
 
 
 def _export_one(model: str, target: str, options: dict):

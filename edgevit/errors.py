@@ -13,3 +13,9 @@ class GateError(EdgevitError):
     """An artifact missed a recipe threshold (numerics or audit)."""
 
     exit_code = 3
+
+
+class RunFailure(EdgevitError):
+    """A benchmark started but some runs failed (device lost, runner crash, timeout); results so far are kept."""
+
+    exit_code = 1

@@ -101,3 +101,17 @@ def move_into_place(tmp: Path, final: Path) -> None:
         remove_path(backup)
     else:
         os.replace(tmp, final)
+
+
+def read_yaml(path: Path, kind: str, fix: str) -> object:
+    """Parse a YAML file; errors say which ``kind`` of file, where it broke, and ``fix``."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise EdgevitError(f"{kind} {path} is not valid YAML{where}; {fix}") from None
+    except OSError as e:
+        raise EdgevitError(f"cannot read {kind} {path} ({e.strerror})") from None

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import EdgevitError
+from .fileio import read_yaml
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 TARGETS = ("executorch", "coreml", "tflite", "onnx")
@@ -114,14 +113,7 @@ def parse_recipe(raw: Any, src: str) -> Recipe:
 
 
 def _load_file(path: Path) -> Recipe:
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise EdgevitError(f"recipe {path} is not valid YAML{where}; fix the file or pick a built-in recipe") from None
-    except OSError as e:
-        raise EdgevitError(f"cannot read recipe {path} ({e.strerror})") from None
+    raw = read_yaml(path, "recipe", "fix the file or pick a built-in recipe")
     return parse_recipe(raw, str(path))
 
 

@@ -31,27 +31,36 @@ def pte_backends(path: Path) -> set[str]:
         return set()
 
 
-def open_runner(path: str | Path, threads: int | None = None) -> Runner:
-    """The runner that fits the artifact's suffix."""
+def runner_class(path: str | Path) -> type[Runner]:
+    """The runner class that fits the artifact's suffix, with its runtime imported (so loads time the load)."""
     path = Path(path)
     if not path.exists():
         raise EdgevitError(f"artifact not found: {path}")
     if path.suffix == ".pte":
         from .executorch import ExecuTorchRunner
 
-        return ExecuTorchRunner(path)
+        return ExecuTorchRunner
     if path.suffix == ".onnx":
         from .onnx import OnnxRunner
 
-        return OnnxRunner(path, threads=threads)
+        return OnnxRunner
     if path.suffix == ".tflite":
         from .tflite import TFLiteRunner
 
-        return TFLiteRunner(path, threads=threads)
+        return TFLiteRunner
     reason = host_cannot_run(path)
     if reason:
         raise EdgevitError(reason)
-    raise EdgevitError(f"no host runner for '{path.suffix}' files; supported: .pte, .tflite, .onnx")
+    if path.suffix == ".mlpackage":
+        from .coreml import CoreMLRunner
+
+        return CoreMLRunner
+    raise EdgevitError(f"no host runner for '{path.suffix}' files; supported: .pte, .tflite, .onnx, .mlpackage (macOS)")
 
 
-__all__ = ["Runner", "host_cannot_run", "open_runner"]
+def open_runner(path: str | Path, threads: int | None = None) -> Runner:
+    """The runner that fits the artifact's suffix, loaded."""
+    return runner_class(path)(Path(path), threads=threads)
+
+
+__all__ = ["Runner", "host_cannot_run", "open_runner", "runner_class"]

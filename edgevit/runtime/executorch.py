@@ -12,23 +12,36 @@ from ..errors import EdgevitError
 from .base import Runner
 from .quiet import native_stderr_silenced
 
+with native_stderr_silenced():  # cpuinfo probes print to fd 2 at import
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+    from executorch.runtime import Runtime
+
 
 class ExecuTorchRunner(Runner):
     name = "executorch"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        if threads:
+            with native_stderr_silenced():
+                _unsafe_reset_threadpool(threads)  # XNNPACK's pool; default: one thread per core
         t0 = time.perf_counter()
         try:
             with native_stderr_silenced():
-                from executorch.runtime import Runtime
-
                 program = Runtime.get().load_program(str(path))
                 self._method = program.load_method("forward")
         except (RuntimeError, ValueError) as e:
             raise EdgevitError(f"{path} is not a loadable .pte program ({str(e).splitlines()[0][:120]})") from None
         self.load_seconds = time.perf_counter() - t0
+        self.input_shape = tuple(self._method.metadata.input_tensor_meta(0).sizes())
+        self._inputs: list[torch.Tensor] = []
+        self._outputs: list[torch.Tensor] = []
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def bind(self, x: np.ndarray) -> None:
         # contiguous input: the runtime reads raw memory (strided inputs give wrong results)
-        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        return self._method.execute([tensor])[0].numpy()
+        self._inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
+
+    def invoke(self) -> None:
+        self._outputs = self._method.execute(self._inputs)
+
+    def fetch(self) -> np.ndarray:
+        return self._outputs[0].numpy().copy()

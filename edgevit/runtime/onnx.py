@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from ..errors import EdgevitError
 from .base import Runner
@@ -15,8 +16,6 @@ class OnnxRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -27,7 +26,17 @@ class OnnxRunner(Runner):
         except Exception as e:  # onnxruntime raises its own untyped errors for corrupt files
             raise EdgevitError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:120]})") from None
         self.load_seconds = time.perf_counter() - t0
-        self._input = self._session.get_inputs()[0].name
+        first = self._session.get_inputs()[0]
+        self._input = first.name
+        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in first.shape)  # symbolic dims: 1
+        self._feed: dict[str, np.ndarray] = {}
+        self._outputs: list[np.ndarray] = []
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    def bind(self, x: np.ndarray) -> None:
+        self._feed = {self._input: np.ascontiguousarray(x, dtype=np.float32)}
+
+    def invoke(self) -> None:
+        self._outputs = self._session.run(None, self._feed)
+
+    def fetch(self) -> np.ndarray:
+        return self._outputs[0]

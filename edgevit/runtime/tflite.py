@@ -11,13 +11,14 @@ from ..errors import EdgevitError
 from .base import Runner
 from .quiet import native_stderr_silenced
 
+with native_stderr_silenced():
+    from ai_edge_litert.interpreter import Interpreter
+
 
 class TFLiteRunner(Runner):
     name = "litert"
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
         t0 = time.perf_counter()
         try:
             with native_stderr_silenced():  # "Created TensorFlow Lite XNNPACK delegate" on every load
@@ -33,11 +34,16 @@ class TFLiteRunner(Runner):
         self._nhwc = len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
         self._dtype = self._input["dtype"]
         self.raw_pixels = self._dtype == np.uint8
+        self.input_shape = (shape[0], shape[3], shape[1], shape[2]) if self._nhwc else shape
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def bind(self, x: np.ndarray) -> None:
         """``x`` is NCHW: normalised floats, or 0..255 pixel values when ``raw_pixels``."""
         x = x.transpose(0, 2, 3, 1) if self._nhwc else x
         x = np.ascontiguousarray(np.rint(x).clip(0, 255) if self.raw_pixels else x, dtype=self._dtype)
         self._interpreter.set_tensor(self._input["index"], x)
+
+    def invoke(self) -> None:
         self._interpreter.invoke()
+
+    def fetch(self) -> np.ndarray:
         return self._interpreter.get_tensor(self._output["index"]).copy()

@@ -1,0 +1,121 @@
+"""Tables and plots of benchmark records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from .record import key
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def results_table(records: list[dict[str, Any]]) -> Table:
+    """One row per record; ratios are medians relative to the first record that has one. Device and threads
+    go in the title when every record shares them."""
+    base = next((r["stats"]["median"] for r in records if r["stats"].get("median")), None)
+    where = {(r["device"], r["threads"]) for r in records}
+    common = len(where) == 1
+    title = "latency in ms, inference only"
+    if common:
+        device, threads = where.pop()
+        title += f" ({device}, {threads} threads)"
+    columns = ["artifact", "runtime"] + ([] if common else ["device", "thr"])
+    columns += ["n", "median", "p90", "mean", "trim", "std", "min", "load", "MB", "ratio"]
+    table = Table(*columns, title=title)
+    for r in records:
+        s = r["stats"]
+        lead = [r["artifact"]["name"], r["runtime"]] + ([] if common else [r["device"], str(r["threads"] or "")])
+        if not s.get("median") and not s.get("mean"):
+            why = r.get("reason") or r.get("error", "")
+            table.add_row(*lead, f"[yellow]{r['status']}[/]", why[:60], *[""] * 8)
+            continue
+        if r["status"] != "ok":
+            lead[0] += f" [red]({r['status']})[/]"
+        median = s.get("median")
+        table.add_row(
+            *lead,
+            str(int(s["n"])),
+            _ms(median),
+            _ms(s.get("p90")),
+            _ms(s.get("mean")),
+            _ms(s.get("trimmed_mean")),
+            _ms(s.get("std")),
+            _ms(s.get("min")),
+            _ms(r.get("load_ms")),
+            "" if "memory_mb" not in r else f"{r['memory_mb']['peak']:.0f}",
+            f"{median / base:.2f}x" if base and median else "",
+        )
+    return table
+
+
+def compare_table(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[Table, int]:
+    """Median and p90 of each new record against the old record with the same artifact, device, runtime and
+    threads; returns the table and how many records matched."""
+    previous = {key(r): r for r in old if r["stats"].get("median")}
+    table = Table(
+        "artifact",
+        "device",
+        "runtime",
+        "thr",
+        "old median",
+        "new median",
+        "new/old",
+        "old p90",
+        "new p90",
+        title="against the earlier run",
+    )
+    matched = 0
+    for r in new:
+        before = previous.get(key(r))
+        if before is None or not r["stats"].get("median"):
+            continue
+        matched += 1
+        ratio = r["stats"]["median"] / before["stats"]["median"]
+        colour = "green" if ratio < 0.95 else "red" if ratio > 1.05 else "white"
+        table.add_row(
+            r["artifact"]["name"],
+            r["device"],
+            r["runtime"],
+            str(r["threads"] or ""),
+            _ms(before["stats"]["median"]),
+            _ms(r["stats"]["median"]),
+            f"[{colour}]{ratio:.2f}x[/]",
+            _ms(before["stats"].get("p90")),
+            _ms(r["stats"].get("p90")),
+        )
+    return table, matched
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    """Box plot of the raw samples per artifact (records with statistics only are drawn as their median)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..fileio import atomic_write_bytes
+
+    shown = [r for r in records if r["samples_ms"] or r["stats"].get("median")]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * max(len(shown), 1)))
+    labels = [f"{r['artifact']['name']}\n{r['device']} / {r['runtime']} / {r['threads'] or '-'} thr" for r in shown]
+    data = [r["samples_ms"] or [r["stats"]["median"]] for r in shown]
+    if data:
+        ax.boxplot(data, vert=False, showfliers=True, whis=(5, 95))
+        ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+        for i, r in enumerate(shown, start=1):
+            ax.annotate(f"{r['stats']['median']:.2f} ms", (r["stats"]["median"], i + 0.3), fontsize=8, ha="center")
+    ax.set_xlabel("latency per inference (ms); box: quartiles, whiskers: p5-p95")
+    ax.set_xlim(left=0)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

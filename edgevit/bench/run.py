@@ -1,0 +1,101 @@
+"""``bench(artifacts, device, settings)``: time artifacts on the host or on a device, one record each."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgevitError
+from .devices import DeviceProfile
+from .host import Settings, run_worker
+from .record import finish, host_environment, new_record
+
+HOST_SUFFIXES = (".pte", ".tflite", ".onnx", ".mlpackage")
+RUNTIME_BY_SUFFIX = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
+
+Progress = Callable[[str], None]
+
+
+def check_artifacts(paths: list[Path]) -> None:
+    """Fail before any timing starts: every artifact must exist and be of a kind edgevit runs."""
+    if not paths:
+        raise EdgevitError("no artifact given; pass one or more .pte, .tflite, .onnx or .mlpackage files")
+    for path in paths:
+        if not path.exists():
+            raise EdgevitError(f"artifact not found: {path}")
+        if path.suffix not in HOST_SUFFIXES:
+            raise EdgevitError(
+                f"{path}: cannot benchmark '{path.suffix}' files; pass .pte, .tflite, .onnx or .mlpackage"
+            )
+
+
+def bench(
+    paths: list[Path],
+    device: DeviceProfile,
+    settings: Settings,
+    progress: Progress | None = None,
+    op_profiling: bool = False,
+) -> list[dict[str, Any]]:
+    """One record per artifact, in the order given; failures are records too (status failed, samples kept).
+    ``op_profiling`` asks Android's benchmark_model for its per-op tables."""
+    check_artifacts(paths)
+    progress = progress or (lambda _: None)
+    if device.kind == "host":
+        return bench_host(paths, device, settings, progress)
+    if device.kind == "android":
+        from .android import bench_android
+
+        return bench_android(paths, device, settings, progress, op_profiling=op_profiling)
+    raise EdgevitError(f"device '{device.name}' is an Apple device, which edgevit does not drive: {device.notes}")
+
+
+def bench_host(
+    paths: list[Path], device: DeviceProfile, settings: Settings, progress: Progress
+) -> list[dict[str, Any]]:
+    from ..runtime import host_cannot_run
+
+    records = {
+        p: new_record(p, device.name, RUNTIME_BY_SUFFIX[p.suffix], settings.threads, asdict(settings)) for p in paths
+    }
+    env_before = host_environment()
+    runnable = []
+    for path in paths:
+        reason = host_cannot_run(path)
+        if reason:
+            records[path].update(status="skipped", reason=reason.split(";")[0])
+        else:
+            runnable.append(path)
+    rounds: dict[Path, list[dict[str, Any]]] = {p: [] for p in runnable}
+    timeout = 300 + 3 * settings.min_seconds
+    for r in range(settings.rounds):  # a b c a b c ...: drift on the machine hits every artifact alike
+        for path in runnable:
+            if records[path]["status"] == "failed":
+                continue
+            progress(f"{path.name}: round {r + 1}/{settings.rounds}")
+            result = run_worker(path, settings, timeout)
+            if "error" in result:
+                records[path].update(status="failed", error=result["error"])
+                continue
+            rounds[path].append(result)
+    for path, results in rounds.items():
+        if not results:
+            continue
+        rec = records[path]
+        rec["runtime"] = results[0]["runtime"]
+        rec["samples_ms"] = [s for res in results for s in res["samples_ms"]]
+        rec["rounds"] = [
+            {"median_ms": statistics.median(res["samples_ms"]), "n": len(res["samples_ms"])} for res in results
+        ]
+        rec["load_ms"] = statistics.median(res["load_ms"] for res in results)
+        rec["memory_mb"] = {
+            "peak": max(res["memory_mb"]["peak"] for res in results),
+            "model": max(res["memory_mb"]["peak"] - res["memory_mb"]["before_load"] for res in results),
+        }
+    env_after = host_environment()
+    for rec in records.values():
+        rec["environment"] = {"before": env_before, "after": env_after}
+        finish(rec)
+    return [records[p] for p in paths]
