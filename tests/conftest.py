@@ -41,6 +41,27 @@ def photos_64() -> torch.Tensor:
     return load_images(None, get_entry("lvt").input_spec, 64)
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "EDGEVIT_DEBUG"}
-    return subprocess.run([*EDGEVIT, *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "EDGEVIT_DEBUG"} | (env or {})
+    return subprocess.run([*EDGEVIT, *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """A tiny LVT exported to .pte, .tflite, .onnx and .mlpackage (64x64 input, 10 classes)."""
+    from edgevit.lowering import lower
+    from edgevit.recipe import default_recipe
+    from edgevit.targets import coreml, executorch, onnx, tflite
+
+    folder = tmp_path_factory.mktemp("tiny-artifacts")
+    x = torch.randn(1, 3, 64, 64)
+    paths = {}
+    for target, module, suffix in (
+        ("executorch", executorch, ".pte"),
+        ("tflite", tflite, ".tflite"),
+        ("onnx", onnx, ".onnx"),
+        ("coreml", coreml, ".mlpackage"),
+    ):
+        paths[suffix] = folder / f"tiny{suffix}"
+        module.export(lower(tiny_lvt(), target), x, default_recipe(target)).write(paths[suffix])
+    return paths

@@ -36,10 +36,13 @@ def parse_getprop(text: str) -> dict[str, str]:
 
 
 def parse_thermal(text: str) -> dict[str, Any]:
+    """Thermal status (0 none ... 6 shutdown) and the sensors' temperatures, from the HAL's current readings
+    when the dump has them (the cached ones can be stale)."""
     status = _THERMAL_STATUS.search(text)
+    current = text.split("Current temperatures from HAL:", 1)
     temps = {}
-    for value, _type, name, _status in _TEMPERATURE.findall(text):
-        temps.setdefault(name.strip(), float(value))  # the HAL's current readings come first
+    for value, _type, name, _status in _TEMPERATURE.findall(current[-1]):
+        temps[name.strip()] = float(value)
     return {"status": int(status.group(1)) if status else None, "temperatures_c": temps}
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 _ITERATION = re.compile(r"Iteration (\d+) of (\d+): ([\d.]+) ms")
 _EXECUTED = re.compile(r"Model executed successfully (\d+) time\(s\) in ([\d.]+) ms")
-_COUNT = re.compile(r"\bcount=(\d+)((?:\s+\w+=[-\d.e+]+)*)")
+# a run block's statistics line; the op profiler's "Timings (microseconds): count=..." is not one
+_COUNT = re.compile(r"^(?:\w+: )?count=(\d+)((?:\s+\w+=[-\d.e+]+)*)\s*$")
 _KEY_VALUE = re.compile(r"(\w+)=([-\d.e+]+)")
 _TIMINGS = re.compile(r"Inference timings in us: (.*)")
 _TIMING_ITEM = re.compile(r"([A-Za-z][A-Za-z ()]*?): ([\d.e+]+)")
@@ -60,7 +61,7 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
             table, i = _read_table(lines, i + 1)
             result["op_profile"][m.group(1)] = table
             continue
-        if m := _COUNT.search(line):
+        if m := _COUNT.match(line.strip()):
             blocks.append(_stats_us_to_ms(m.group(2), int(m.group(1))))
         elif m := _TIMINGS.search(line):
             result["timings_ms"] = {k.strip(): float(v) / 1000.0 for k, v in _TIMING_ITEM.findall(m.group(1))}

@@ -1,0 +1,101 @@
+"""Statistics, and the parsers on recorded outputs of the real tools (executor_runner, benchmark_model,
+getprop, dumpsys)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevit.bench import android_env
+from edgevit.bench.parsers import parse_benchmark_model, parse_executor_runner
+from edgevit.bench.stats import summarize
+
+DATA = Path(__file__).parent / "data" / "bench"
+
+
+def test_summary_statistics_match_numpy():
+    samples = list(np.random.default_rng(0).gamma(4.0, 3.0, 101))
+    s = summarize(samples)
+    assert s["n"] == 101 and s["min"] == min(samples) and s["max"] == max(samples)
+    assert s["median"] == pytest.approx(np.median(samples))
+    assert s["p90"] == pytest.approx(np.percentile(samples, 90))
+    assert s["p95"] == pytest.approx(np.percentile(samples, 95))
+    assert s["std"] == pytest.approx(np.std(samples, ddof=1))
+    middle = sorted(samples)[10:91]  # middle 80% of 101 samples: drop 10 at each end
+    assert s["trimmed_mean"] == pytest.approx(np.mean(middle))
+    assert summarize([]) == {"n": 0} and summarize([2.0])["std"] == 0.0
+
+
+def test_trimmed_mean_ignores_outliers_that_move_the_mean():
+    samples = [10.0] * 18 + [1000.0, 0.1]
+    s = summarize(samples)
+    assert s["trimmed_mean"] == 10.0 and s["mean"] > 50
+
+
+def test_executor_runner_log():
+    parsed = parse_executor_runner((DATA / "executor_runner.log").read_text())
+    assert parsed["samples_ms"] == [64.299, 40.813, 40.47, 41.085, 40.459]
+    assert parsed["total"] == {"runs": 5, "ms": 227.126}
+    # what it does not know is kept verbatim: the output tensor dump, the load lines
+    assert any("Method loaded." in line for line in parsed["unknown_lines"])
+    assert any(line.startswith("Output 0: tensor") for line in parsed["unknown_lines"])
+
+
+def test_benchmark_model_log_with_op_profiling():
+    parsed = parse_benchmark_model((DATA / "benchmark_model.log").read_text())
+    assert parsed["warmup"]["count"] == 9 and parsed["warmup"]["first"] == pytest.approx(87.112)
+    runs = parsed["runs"]  # the steady-state block, not the op profiler's "Timings (microseconds)" line
+    assert runs["count"] == 50 and runs["median"] == pytest.approx(53.958) and runs["p95"] == pytest.approx(61.337)
+    assert parsed["timings_ms"]["Init"] == pytest.approx(49.438)
+    assert parsed["timings_ms"]["Inference (avg)"] == pytest.approx(55.7442)
+    assert parsed["delegation"] == {
+        "delegate": "TfLiteXNNPackDelegate",
+        "nodes_delegated": 817,
+        "nodes_total": 820,
+        "partitions": 3,
+    }
+    assert parsed["peak_memory_mb"] == pytest.approx(74.9648)
+    assert parsed["memory_delta_mb"] == {"init": 58.2109, "overall": 66.0312}
+    by_type = parsed["op_profile"]["Summary by node type"]
+    assert [row["node type"] for row in by_type] == ["DELEGATE", "SOFTMAX", "FULLY_CONNECTED"]
+    assert by_type[0]["avg ms"] == "10.968" and by_type[0]["times called"] == "1"
+    run_order = parsed["op_profile"]["Run Order"]
+    assert run_order[0]["name"] == "[TfLiteXNNPackDelegate]:817"
+    assert any(line.startswith("Timings (microseconds)") for line in parsed["unknown_lines"])
+
+
+def test_benchmark_model_gpu_log():
+    parsed = parse_benchmark_model((DATA / "benchmark_model_gpu.log").read_text())
+    assert parsed["gpu_split"] == {"gpu_ops": 804, "cpu_ops": 16}
+    # one block, all runs equal: only count and curr are printed
+    assert parsed["runs"] == {"count": 1, "curr": pytest.approx(670.083)} and parsed["warmup"] == {}
+    assert "GATHER_ND: Operation is not supported." in parsed["unknown_lines"]
+
+
+def test_phone_state_parsers():
+    props = android_env.parse_getprop((DATA / "getprop.txt").read_text())
+    assert props["ro.product.model"] == "Pixel 8" and props["ro.soc.model"] == "Tensor G3"
+    thermal = android_env.parse_thermal((DATA / "thermalservice.txt").read_text())
+    # current HAL readings, not the cached ones
+    assert thermal == {"status": 2, "temperatures_c": {"cpu0-silver-usr": 46.7, "battery": 32.1, "skin": 38.0}}
+    assert android_env.parse_battery_temperature((DATA / "battery.txt").read_text()) == 32.1
+    cpus = android_env.parse_cpus(
+        "cpu cpu0 schedutil 300000 1704000\ncpu cpu4 - - -\ncpu cpu7 performance 3000 3014000"
+    )
+    assert cpus[1] == {"cpu": 4, "governor": None, "cur_khz": None, "max_khz": None}
+
+
+@pytest.mark.parametrize(
+    "max_khz,mask",
+    [
+        ([1704000] * 4 + [2367000] * 3 + [3014000], "f0"),  # little, big, prime
+        ([1800000] * 6 + [2400000] * 2, "c0"),
+        ([2000000] * 4, "f"),  # one cluster: every core
+        ([None] * 4, None),  # cpufreq hidden
+    ],
+)
+def test_big_core_mask(max_khz, mask):
+    cpus = [{"cpu": i, "max_khz": f} for i, f in enumerate(max_khz)]
+    assert android_env.big_core_mask(cpus) == mask
