@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= artifacts
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench lint clean android-runner
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,9 @@ demo: $(STAMP)
 	$(BIN)/edgevit models
 	$(BIN)/edgevit export lvt --target all --output-dir $(OUT) --force
 	$(BIN)/edgevit verify $(OUT)/lvt-executorch-xnnpack-fp32.pte
-	$(BIN)/python benchmarks/bench_lvt.py --rounds 3 --runs 30
+	$(BIN)/edgevit bench $(OUT)/lvt-executorch-xnnpack-fp32.pte $(OUT)/lvt-tflite-fp32.tflite \
+		$(OUT)/lvt-onnx-fp32.onnx $(OUT)/lvt-coreml-fp16.mlpackage --rounds 3 \
+		--json $(OUT)/bench.json --plot $(OUT)/bench.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -31,6 +33,10 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check edgevit tests benchmarks
 	$(BIN)/ruff format --check edgevit tests benchmarks
+
+# executor_runner for arm64 phones (edgevit bench --device android); says what is missing where it cannot build
+android-runner:
+	scripts/build_android_runner.sh
 
 clean:
 	rm -rf $(VENV) $(OUT) build dist *.egg-info

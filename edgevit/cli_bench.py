@@ -48,9 +48,9 @@ def bench(
 ) -> None:
     """Time artifacts on the host or a phone: one table, JSON records and a plot.
 
-    Only the inference is timed, after discarded warm-up runs. The table gives n, median, p90, mean, trimmed
-    mean (middle 80%), std, min, load time, peak memory and the median's ratio to the first artifact. On the
-    host each artifact runs in a fresh process of its own; `--rounds` alternates several.
+    Only the inference is timed, after discarded warm-up runs.
+    Columns: n, median, p90, mean, trimmed mean (middle 80%), std, min, load ms, peak MB, ratio to the first.
+    On the host each artifact runs in a fresh process; --rounds alternates several.
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
