@@ -87,6 +87,8 @@ def _apply_output(record: dict[str, Any], path: Path, output: str, warmup: int) 
         for field in ("warmup", "timings_ms", "delegation", "gpu_split", "peak_memory_mb", "op_profile"):
             if parsed.get(field):
                 record[field] = parsed[field]
+        if parsed.get("peak_memory_mb"):
+            record["memory_mb"] = {"peak": parsed["peak_memory_mb"]}
         if parsed.get("timings_ms", {}).get("Init"):
             record["load_ms"] = parsed["timings_ms"]["Init"]
     record["raw_log"] = parsed["unknown_lines"]
