@@ -63,7 +63,10 @@ def measure(path: Path, settings: Settings) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     shape = runner.input_shape
     x = rng.integers(0, 256, shape).astype(np.float32) if runner.raw_pixels else rng.standard_normal(shape)
-    samples = runner.time(x.astype(np.float32), settings.warmup, settings.runs, settings.min_seconds)
+    try:
+        samples = runner.time(x.astype(np.float32), settings.warmup, settings.runs, settings.min_seconds)
+    except RuntimeError as e:  # the runtime loaded the file but cannot execute it
+        raise EdgevitError(f"{path}: inference failed ({str(e).strip().splitlines()[0][:120]})") from None
     return {
         "runtime": runner.name,
         "samples_ms": samples,
