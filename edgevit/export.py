@@ -31,6 +31,8 @@ from .fileio import (
 from .lowering import lower
 from .models import InputSpec, check_input_size, create_model, get_entry
 from .numerics import compare
+from .quant.flow import QuantizeRequest, compare_with_fp32, quantize_for_export
+from .quant.pt2e import quant_options
 from .recipe import Recipe, default_recipe, get_recipe
 from .runtime import host_cannot_run, open_runner
 from .targets.audit import check_gates, raise_on_failures
@@ -101,6 +103,7 @@ def export_model(
     labels: list[str] | None = None,
     image_input: bool = False,
     on_step: Step | None = None,
+    quantize_request: QuantizeRequest | None = None,
 ) -> ExportResult:
     """Export ``model_name`` for ``target``; writes ``<model>-<recipe><suffix>`` and its manifest atomically.
 
@@ -150,10 +153,16 @@ def export_model(
     with torch.no_grad():
         lowering_numerics = compare(reference, deploy(photos).numpy())
 
-    step(f"export ({chosen.name})")
     t0 = time.perf_counter()
     example = torch.randn(entry.input_spec.shape(size))
-    exported = module.export(deploy, example, chosen)
+    quantization = None
+    to_export = deploy
+    if quant_options(chosen):
+        to_export, quantization = quantize_for_export(
+            deploy, example, chosen, entry.input_spec, size, quantize_request or QuantizeRequest(), step
+        )
+    step(f"export ({chosen.name})")
+    exported = module.export(to_export, example, chosen)
     export_seconds = time.perf_counter() - t0
 
     step("verify on host runtime")
@@ -164,6 +173,8 @@ def export_model(
     exported.write(tmp)
     try:
         numerics = verify_numerics(tmp, reference, photos.numpy(), entry.input_spec)
+        if quantization is not None:
+            quantization["vs_fp32"] = compare_with_fp32(module, deploy, example, chosen, tmp, step)
         failures = check_gates(
             exported.audit, numerics if "skipped" not in numerics else None, chosen.gates, chosen.name
         )
@@ -187,6 +198,7 @@ def export_model(
             },
             "audit": exported.audit,
             "lowering": {"vs_training_form": lowering_numerics},
+            "quantization": quantization,
             "numerics": {
                 "reference": "PyTorch fp32 training form",
                 "images": [p.name for p in photo_paths],

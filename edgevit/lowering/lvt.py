@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import lvt as train
-from .ops import LinearLayerNorm, ShortRowSoftmax, fold_k3s2p1_nhwc, linear_silu, spatial_mean_nhwc
+from .ops import LinearLayerNorm, PhaseFold, ShortRowSoftmax, linear_silu, spatial_mean_nhwc
 from .weights import conv_copy, linear_from
 
 __all__ = ["DeployLVT", "DeployCSA", "DeployRASA", "DeployClassBlock"]
@@ -36,6 +36,7 @@ class DeployCSA(nn.Module):
         self.attn = nn.Linear(dim, 81 * num_heads)
         self.register_buffer("value_weight", torch.zeros(9, dim, dim))  # per tap: (C_in, C_out)
         self.softmax = ShortRowSoftmax(9)
+        self.fold = PhaseFold()
         self.proj = nn.Linear(dim, dim)
 
     @classmethod
@@ -86,7 +87,7 @@ class DeployCSA(nn.Module):
         out = torch.bmm(attn, values).reshape(B * L, heads, 9, d)
         # slice each output tap (stride-1 slice; select has no XNNPACK node)
         out_taps = [out[:, :, t : t + 1].reshape(B, H // 2, W // 2, C) for t in range(9)]
-        return self.proj(fold_k3s2p1_nhwc(out_taps))
+        return self.proj(self.fold(out_taps))
 
 
 class DeployRASA(nn.Module):

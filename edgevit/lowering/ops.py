@@ -17,6 +17,7 @@ __all__ = [
     "ShortRowSoftmax",
     "linear_silu",
     "fold_k3s2p1_nhwc",
+    "PhaseFold",
     "fold_k3s2p1_nchw",
     "spatial_mean_nhwc",
     "ChannelLayerNorm",
@@ -121,6 +122,14 @@ def _interleave(even: torch.Tensor, odd: torch.Tensor, dim: int) -> torch.Tensor
         return pair.reshape(B, h, 2 * w, C)
     pair = torch.cat([even.reshape(B, h, 1, w * C), odd.reshape(B, h, 1, w * C)], dim=2)
     return pair.reshape(B, 2 * h, w, C)
+
+
+class PhaseFold(nn.Module):
+    """:func:`fold_k3s2p1_nhwc` as a module, so quantizers can keep it float by type (its shifts are pads
+    whose int8 form XNNPACK refuses when input and output scales differ)."""
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        return fold_k3s2p1_nhwc(taps)
 
 
 def fold_k3s2p1_nhwc(taps: list[torch.Tensor]) -> torch.Tensor:

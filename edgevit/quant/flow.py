@@ -1,0 +1,98 @@
+"""The quantization step of the export flow: calibrate, quantize, and measure the int8 artifact against the
+fp32 artifact of the same deploy form (size and host latency, each in fresh processes)."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..fileio import path_size
+from ..models.registry import InputSpec
+from ..recipe import Recipe
+from .calibration import calibration_batch, calibration_paths
+from .pt2e import backend_quantizer, quant_options, quantize
+
+
+@dataclass
+class QuantizeRequest:
+    """What the user asked for on top of the recipe: calibration images and extra float modules."""
+
+    calib_images: str | Path | None = None
+    calib_count: int = 16
+    keep_float: tuple[str, ...] = ()
+
+
+def quantize_for_export(
+    deploy: nn.Module,
+    example: torch.Tensor,
+    recipe: Recipe,
+    spec: InputSpec,
+    size: int,
+    request: QuantizeRequest,
+    step: Callable[[str], None],
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The quantized deploy form for ``recipe`` and the manifest's ``quantization`` entry."""
+    options = quant_options(recipe)
+    keep_float = tuple(options["keep_float"]) + tuple(request.keep_float)
+    paths = calibration_paths(request.calib_images)[: request.calib_count]
+
+    def progress(done: int, total: int) -> None:
+        step(f"calibrate {done}/{total}")
+
+    calib = calibration_batch(request.calib_images, request.calib_count, spec, size, progress)
+    step("quantize")
+    quantizer = backend_quantizer(recipe.target, options)
+    dynamic = options["scheme"] == "dynamic"
+    quantized = quantize(deploy, example, quantizer, calib, keep_float, progress, dynamic=dynamic)
+    entry = {
+        "scheme": options["scheme"],
+        "weights": "int8 symmetric, " + ("per channel" if options["per_channel"] else "per tensor"),
+        "activations": "int8, quantized at run time per call" if dynamic else "int8, static (calibrated)",
+        "keep_float": list(keep_float),
+        "calibration": {
+            "source": str(request.calib_images) if request.calib_images else "scikit-image sample photos",
+            "images": [p.name for p in paths],
+        },
+    }
+    return quantized, entry
+
+
+def compare_with_fp32(
+    module, deploy: nn.Module, example: torch.Tensor, recipe: Recipe, quantized_path: Path, step
+) -> dict[str, Any]:
+    """Size and host latency of the int8 artifact against the fp32 one (2 alternating processes each)."""
+    from ..bench.host import Settings, run_worker
+    from ..runtime import host_cannot_run
+
+    step("export fp32 for comparison")
+    float_recipe = replace(recipe, options={k: v for k, v in recipe.options.items() if k != "quantization"})
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path = Path(tmp) / f"fp32{quantized_path.suffix}"
+        module.export(deploy, example, float_recipe).write(fp32_path)
+        result: dict[str, Any] = {"size_ratio": round(path_size(quantized_path) / path_size(fp32_path), 3)}
+        if host_cannot_run(quantized_path):
+            result["latency_ratio"] = None
+            return result
+        settings = Settings(threads=2, warmup=5, runs=20, min_seconds=0.0)
+        medians: dict[str, list[float]] = {"int8": [], "fp32": []}
+        for r in range(2):
+            step(f"time int8 vs fp32 ({r + 1}/2)")
+            for name, path in (("int8", quantized_path), ("fp32", fp32_path)):
+                timed = run_worker(path, settings, timeout=300)
+                if "error" in timed:
+                    return {**result, "latency_ratio": None, "latency_error": timed["error"]}
+                medians[name].append(statistics.median(timed["samples_ms"]))
+    int8_ms, fp32_ms = min(medians["int8"]), min(medians["fp32"])
+    return {
+        **result,
+        "int8_ms": round(int8_ms, 3),
+        "fp32_ms": round(fp32_ms, 3),
+        "latency_ratio": round(int8_ms / fp32_ms, 3),
+    }

@@ -1,0 +1,93 @@
+"""Post-training quantization through each target's own PT2E quantizer (torchao's prepare_pt2e/convert_pt2e)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..errors import EdgevitError
+from ..recipe import Recipe
+from .policy import DYNAMIC_FLOAT_MODULES, mark_float, retie_float_copies, untie_weights
+
+SCHEMES = ("static", "dynamic")
+
+
+def quant_options(recipe: Recipe) -> dict[str, Any] | None:
+    """The recipe's ``quantization`` options, validated; None for a float recipe."""
+    raw = recipe.options.get("quantization")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or raw.get("scheme") not in SCHEMES:
+        raise EdgevitError(f"recipe {recipe.name}: options.quantization.scheme must be one of {', '.join(SCHEMES)}")
+    keep = raw.get("keep_float", [])
+    if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+        raise EdgevitError(f"recipe {recipe.name}: options.quantization.keep_float must be a list of module names")
+    return {"scheme": raw["scheme"], "per_channel": bool(raw.get("per_channel", True)), "keep_float": keep}
+
+
+def backend_quantizer(target: str, options: dict[str, Any]):
+    """The target's own PT2E quantizer, configured for int8 symmetric weights (per channel by default)."""
+    dynamic = options["scheme"] == "dynamic"
+    if target == "executorch":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        return XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic)
+        )
+    if target == "tflite":
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+        return PT2EQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic)
+        )
+    raise EdgevitError(f"no PT2E quantizer for target '{target}'; int8 recipes exist for executorch and tflite")
+
+
+def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple[type, ...]):
+    """Wrap ``inner`` so the float policy's nodes are marked annotated before it annotates the rest."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class KeepFloat(Quantizer):
+        def transform_for_annotation(self, model: fx.GraphModule) -> fx.GraphModule:
+            return inner.transform_for_annotation(model)
+
+        def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
+            mark_float(model, keep_float, extra_types)
+            return inner.annotate(model)
+
+        def validate(self, model: fx.GraphModule) -> None:
+            inner.validate(model)
+
+    return KeepFloat()
+
+
+def quantize(
+    deploy: nn.Module,
+    example: torch.Tensor,
+    quantizer,
+    calibration: torch.Tensor,
+    keep_float: tuple[str, ...] = (),
+    progress: Callable[[int, int], None] | None = None,
+    dynamic: bool = False,
+) -> fx.GraphModule:
+    """PTQ of a deploy form: export, untie shared weights, annotate (float policy first), calibrate, convert."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    gm = torch.export.export(deploy.eval(), (example,), strict=False).module()
+    copies = untie_weights(gm)
+    extra = DYNAMIC_FLOAT_MODULES if dynamic else ()
+    prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), extra))
+    with torch.no_grad():
+        for i in range(len(calibration)):
+            prepared(calibration[i : i + 1])
+            if progress:
+                progress(i + 1, len(calibration))
+    converted = convert_pt2e(prepared)
+    retie_float_copies(converted, copies)
+    return converted
