@@ -109,11 +109,21 @@ def export(
     image_input: Annotated[
         bool, typer.Option(help="Core ML: take an RGB image (CVPixelBuffer) with the normalisation inside the model.")
     ] = False,
+    calib_images: Annotated[
+        Path | None,
+        typer.Option(help="int8 recipes: folder of JPEG/PNG (recursive) to calibrate on; default: scikit-image's."),
+    ] = None,
+    calib_count: Annotated[int, typer.Option(min=1, help="int8 recipes: how many calibration images.")] = 16,
+    keep_float: Annotated[
+        list[str] | None,
+        typer.Option(help="int8 recipes: module name (fnmatch) to keep fp32, e.g. stages.0.1; repeatable."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
-    """Export MODEL for a target: lower, convert, verify on real photos, gate, write artifact + manifest."""
+    """Export MODEL for a target: lower, (quantize,) convert, verify on real photos, gate, write artifact + manifest."""
     from .export import read_labels
     from .models import check_input_size, get_entry
+    from .quant.flow import QuantizeRequest
     from .recipe import DEFAULT_RECIPES, get_recipe
 
     if target is None:
@@ -132,6 +142,7 @@ def export(
         allow_gate_failures=allow_gate_failures,
         labels=read_labels(labels) if labels else None,
         image_input=image_input,
+        quantize_request=QuantizeRequest(calib_images, calib_count, tuple(keep_float or ())),
     )
     if target != "all":
         result = _export_one(model, target, options)

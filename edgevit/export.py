@@ -31,6 +31,7 @@ from .fileio import (
 from .lowering import lower
 from .models import InputSpec, check_input_size, create_model, get_entry
 from .numerics import compare
+from .quant.calibration import checked_calibration_paths
 from .quant.flow import QuantizeRequest, compare_with_fp32, quantize_for_export
 from .quant.pt2e import quant_options
 from .recipe import Recipe, default_recipe, get_recipe
@@ -134,6 +135,9 @@ def export_model(
     refuse_overwrite([artifact, manifest_path], force)
     check_writable_dir(out_dir)
     photo_paths = image_paths(images)[:num_images]
+    if quant_options(chosen):  # a bad calibration folder fails now, not after minutes of work
+        request = quantize_request or QuantizeRequest()
+        checked_calibration_paths(request.calib_images, request.calib_count)
 
     step("build model")
     torch.manual_seed(seed)

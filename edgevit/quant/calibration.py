@@ -61,6 +61,16 @@ def _check_size(path: Path) -> None:
         )
 
 
+def checked_calibration_paths(folder: str | Path | None, count: int) -> list[Path]:
+    """The first ``count`` calibration images, each opened and size-checked (before any model work starts)."""
+    if count < 1:
+        raise EdgevitError(f"--calib-count must be at least 1, got {count}")
+    paths = calibration_paths(folder)[:count]
+    for path in paths:
+        _check_size(path)
+    return paths
+
+
 def calibration_batch(
     folder: str | Path | None,
     count: int,
@@ -69,11 +79,7 @@ def calibration_batch(
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Up to ``count`` preprocessed images, (N, C, S, S); every file is checked before any is used."""
-    if count < 1:
-        raise EdgevitError(f"--calib-count must be at least 1, got {count}")
-    paths = calibration_paths(folder)[:count]
-    for path in paths:
-        _check_size(path)
+    paths = checked_calibration_paths(folder, count)
     batch = []
     for i, path in enumerate(paths):
         batch.append(preprocess(path, spec, size))

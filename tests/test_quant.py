@@ -1,0 +1,128 @@
+"""Quantization: calibration input errors, the float policy, int8 PTQ through XNNPACK's quantizer, the gates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from edgevit.lowering import lower
+from edgevit.models import create_model, get_entry
+from edgevit.numerics import compare
+from edgevit.quant import backend_quantizer, calibration_batch, quantize
+from edgevit.quant.policy import untie_weights
+from edgevit.recipe import get_recipe
+from edgevit.runtime import open_runner
+from edgevit.targets import executorch as et
+
+from .conftest import run_cli, tiny_lvt
+
+X = torch.randn(1, 3, 64, 64)
+
+
+def test_calibration_input_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "photo.jpg").write_text("not an image")
+    (tmp_path / "small" / "nested").mkdir(parents=True)
+    Image.new("RGB", (640, 480)).save(tmp_path / "small" / "ok.png")
+    Image.new("RGB", (24, 300)).save(tmp_path / "small" / "nested" / "thin.png")  # found recursively
+    cases = [
+        ("empty", "no images in"),
+        ("bad", "cannot read calibration image"),
+        ("small", "thin.png is 24x300; use images at least 32 px"),
+        ("missing", "image folder not found"),
+    ]
+    out = tmp_path / "out"
+    for folder, message in cases:
+        proc = run_cli(
+            "export",
+            "lvt",
+            "--recipe",
+            "executorch-xnnpack-int8",
+            "--calib-images",
+            str(tmp_path / folder),
+            "--output-dir",
+            str(out),
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # nothing written, not even the folder
+    zero = run_cli("export", "lvt", "--recipe", "executorch-xnnpack-int8", "--calib-count", "0")
+    assert zero.returncode == 2 and "calib-count" in zero.stderr
+
+
+def test_untie_gives_each_use_its_own_weight():
+    gm = torch.export.export(lower(tiny_lvt(), "executorch"), (X,), strict=False).module()
+    shared = [n for n in gm.graph.nodes if n.op == "get_attr" and len(n.users) > 1]
+    assert shared  # RASA's recursion and shared depthwise kernel reuse weights
+    copies = untie_weights(gm)
+    assert len(copies) >= len(shared)
+    assert all(len(n.users) == 1 for n in gm.graph.nodes if n.op == "get_attr")
+    torch.testing.assert_close(gm(X), lower(tiny_lvt(), "executorch")(X))
+
+
+@pytest.fixture(scope="module")
+def static_int8(photos_64):
+    deploy = lower(tiny_lvt(), "executorch")
+    quantizer = backend_quantizer("executorch", {"scheme": "static", "per_channel": True})
+    return deploy, quantize(deploy, X, quantizer, photos_64)
+
+
+def test_float_policy_keeps_norms_and_softmax_float(static_int8):
+    _, q = static_int8
+    quantized_inputs = {
+        n.args[0].target.__name__ if hasattr(n.args[0].target, "__name__") else ""
+        for n in q.graph.nodes
+        if n.op == "call_function" and "linear" in str(n.target)
+    }
+    stacks = [
+        [path for path, _ in n.meta.get("nn_module_stack", {}).values()]
+        for n in q.graph.nodes
+        if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
+    ]
+    assert quantized_inputs and stacks
+    # no quantize node lives inside a LayerNorm, the 9-tap softmax or the fold
+    assert not any(p.endswith((".norm1", ".norm2", ".softmax", ".fold")) for stack in stacks for p in stack[-1:])
+
+
+@pytest.mark.parametrize("scheme", ["static", "dynamic"])
+def test_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos_64, scheme):
+    torch.manual_seed(0)
+    model = create_model("lvt").eval()  # the real widths: a 16-channel toy quantizes far worse than LVT
+    deploy = lower(model, "executorch")
+    quantizer = backend_quantizer("executorch", {"scheme": scheme, "per_channel": True})
+    calib = calibration_batch(None, 8, get_entry("lvt").input_spec, 64)  # other photos than the checked ones
+    q = quantize(deploy, X, quantizer, calib, dynamic=scheme == "dynamic")
+    recipe = get_recipe(f"executorch-xnnpack-{'int8' if scheme == 'static' else 'dynamic-int8'}")
+    artifact = et.export(q, X, recipe)
+    assert artifact.audit["partitions"] <= recipe.gates.max_partitions and not artifact.audit["ops_outside"]
+    assert artifact.audit["ops_delegated"].get("quantize_per_tensor", 0) > 0 or scheme == "dynamic"
+    path = tmp_path / f"tiny-{scheme}.pte"
+    artifact.write(path)
+    with torch.no_grad():
+        ref = model(photos_64).numpy()
+    result = compare(ref, open_runner(path).run_batch(photos_64.numpy()))
+    assert result["sqnr_db"] >= 20, result
+
+
+def test_int8_export_end_to_end_with_gate(tmp_path):
+    args = ("--input-size", "64", "--num-images", "4", "--calib-count", "4", "--output-dir", str(tmp_path))
+    proc = run_cli("export", "lvt", "--recipe", "executorch-xnnpack-int8", *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    quant = manifest["quantization"]
+    assert quant["scheme"] == "static" and len(quant["calibration"]["images"]) == 4
+    assert quant["vs_fp32"]["size_ratio"] < 0.5 and quant["vs_fp32"]["latency_ratio"] > 0
+    assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["gates"]["passed"]
+    # a threshold int8 cannot meet fails the export and names the figure
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(
+        "name: strict-int8\ntarget: executorch\nprecision: int8\n"
+        "options: {partitioners: [xnnpack], quantization: {scheme: static}}\ngates: {min_sqnr_db: 90}\n"
+    )
+    failed = run_cli("export", "lvt", "--recipe", str(strict), *args)
+    assert failed.returncode == 3 and "SQNR" in failed.stderr and "min 90 dB" in failed.stderr
+    assert not (tmp_path / "lvt-strict-int8.pte").exists()
