@@ -14,7 +14,7 @@ from torch import nn
 
 from ..models import lvt as train
 from .ops import LinearLayerNorm, PhaseFold, ShortRowSoftmax, linear_silu, spatial_mean_nhwc
-from .weights import conv_copy, linear_from
+from .weights import class_block_weights, conv_copy, linear_from
 
 __all__ = ["DeployLVT", "DeployCSA", "DeployRASA", "DeployClassBlock"]
 
@@ -229,17 +229,11 @@ class DeployClassBlock(nn.Module):
 
     def __init__(self, m: train.ClassBlock) -> None:
         super().__init__()
-        a = m.attn
-        C = a.num_heads * a.head_dim
-        self.num_heads = a.num_heads
+        self.num_heads = m.attn.num_heads
         self.norm1 = LinearLayerNorm.from_module(m.norm1)
-        self.q = linear_from(a.q.weight * a.scale)
-        self.k = linear_from(a.kv.weight[:C])
-        self.v = linear_from(a.kv.weight[C:])
-        self.proj = linear_from(a.proj.weight, a.proj.bias)
         self.norm2 = LinearLayerNorm.from_module(m.norm2)
-        self.fc1 = linear_from(m.mlp.fc1.weight, m.mlp.fc1.bias)
-        self.fc2 = linear_from(m.mlp.fc2.weight, m.mlp.fc2.bias)
+        for name, (weight, bias) in class_block_weights(m).items():  # q, k, v, proj, fc1, fc2
+            setattr(self, name, linear_from(weight, bias))
 
     @classmethod
     @torch.no_grad()

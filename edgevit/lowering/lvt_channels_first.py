@@ -14,7 +14,7 @@ from torch import nn
 
 from ..models import lvt as train
 from .ops import ChannelLayerNorm, fold_k3s2p1_nchw
-from .weights import conv1x1_from, conv_copy, linear_from
+from .weights import class_block_weights, conv1x1_from, conv_copy, linear_from
 
 __all__ = ["ChannelsFirstLVT", "ChannelsFirstCSA", "ChannelsFirstRASA", "ChannelsFirstClassBlock"]
 
@@ -168,17 +168,11 @@ class ChannelsFirstClassBlock(nn.Module):
 
     def __init__(self, m: train.ClassBlock) -> None:
         super().__init__()
-        a = m.attn
-        C = a.num_heads * a.head_dim
-        self.num_heads = a.num_heads
+        self.num_heads = m.attn.num_heads
         self.norm1 = ChannelLayerNorm.from_module(m.norm1)
-        self.q = conv1x1_from(a.q.weight * a.scale)
-        self.k = conv1x1_from(a.kv.weight[:C])
-        self.v = conv1x1_from(a.kv.weight[C:])
-        self.proj = conv1x1_from(a.proj.weight, a.proj.bias)
         self.norm2 = ChannelLayerNorm.from_module(m.norm2)
-        self.fc1 = conv1x1_from(m.mlp.fc1.weight, m.mlp.fc1.bias)
-        self.fc2 = conv1x1_from(m.mlp.fc2.weight, m.mlp.fc2.bias)
+        for name, (weight, bias) in class_block_weights(m).items():  # q, k, v, proj, fc1, fc2
+            setattr(self, name, conv1x1_from(weight, bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, _, T = x.shape

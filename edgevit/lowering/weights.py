@@ -42,3 +42,18 @@ def conv_copy(conv: nn.Conv2d) -> nn.Conv2d:
     )
     new.load_state_dict(conv.state_dict())
     return new
+
+
+def class_block_weights(m: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) of each projection of a class-attention block (``models.lvt.ClassBlock``), with K and V
+    split apart and the softmax scale folded into Q, for deploy forms to build their own layers from."""
+    a = m.attn
+    C = a.num_heads * a.head_dim
+    return {
+        "q": (a.q.weight * a.scale, None),
+        "k": (a.kv.weight[:C], None),
+        "v": (a.kv.weight[C:], None),
+        "proj": (a.proj.weight, a.proj.bias),
+        "fc1": (m.mlp.fc1.weight, m.mlp.fc1.bias),
+        "fc2": (m.mlp.fc2.weight, m.mlp.fc2.bias),
+    }
