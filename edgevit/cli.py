@@ -23,7 +23,8 @@ app = typer.Typer(
     help="Put small vision transformers on phones: export, verify and benchmark LVT and friends.",
     pretty_exceptions_enable=False,
 )
-out = Console()
+# tables are wide: a pipe or a log gets them whole instead of squeezed to 80 columns
+out = Console(width=None if Console().is_terminal else 160)
 err = Console(stderr=True)
 
 EXPORT_EXAMPLES = """
