@@ -12,6 +12,7 @@ from edgevit.lowering import lower
 from edgevit.models import create_model, get_entry
 from edgevit.numerics import compare
 from edgevit.quant import backend_quantizer, calibration_batch, quantize
+from edgevit.quant.calibration import checked_calibration_paths
 from edgevit.quant.policy import untie_weights
 from edgevit.recipe import get_recipe
 from edgevit.runtime import open_runner
@@ -94,7 +95,8 @@ def test_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos_64, sch
     model = create_model("lvt").eval()  # the real widths: a 16-channel toy quantizes far worse than LVT
     deploy = lower(model, "executorch")
     quantizer = backend_quantizer("executorch", {"scheme": scheme, "per_channel": True})
-    calib = calibration_batch(None, 8, get_entry("lvt").input_spec, 64)  # other photos than the checked ones
+    # other photos than the ones checked below
+    calib = calibration_batch(checked_calibration_paths(None, 8), get_entry("lvt").input_spec, 64)
     q = quantize(deploy, X, quantizer, calib, dynamic=scheme == "dynamic")
     recipe = get_recipe(f"executorch-xnnpack-{'int8' if scheme == 'static' else 'dynamic-int8'}")
     artifact = et.export(q, X, recipe)

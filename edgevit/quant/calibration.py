@@ -72,14 +72,12 @@ def checked_calibration_paths(folder: str | Path | None, count: int) -> list[Pat
 
 
 def calibration_batch(
-    folder: str | Path | None,
-    count: int,
+    paths: list[Path],
     spec: InputSpec,
     size: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """Up to ``count`` preprocessed images, (N, C, S, S); every file is checked before any is used."""
-    paths = checked_calibration_paths(folder, count)
+    """The images at ``paths`` (from :func:`checked_calibration_paths`) preprocessed, (N, C, S, S)."""
     batch = []
     for i, path in enumerate(paths):
         batch.append(preprocess(path, spec, size))

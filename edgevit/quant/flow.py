@@ -16,7 +16,7 @@ from torch import nn
 from ..fileio import path_size
 from ..models.registry import InputSpec
 from ..recipe import Recipe
-from .calibration import calibration_batch, calibration_paths
+from .calibration import calibration_batch, checked_calibration_paths
 from .pt2e import backend_quantizer, quant_options, quantize
 
 
@@ -41,12 +41,12 @@ def quantize_for_export(
     """The quantized deploy form for ``recipe`` and the manifest's ``quantization`` entry."""
     options = quant_options(recipe)
     keep_float = tuple(options["keep_float"]) + tuple(request.keep_float)
-    paths = calibration_paths(request.calib_images)[: request.calib_count]
+    paths = checked_calibration_paths(request.calib_images, request.calib_count)
 
     def progress(done: int, total: int) -> None:
         step(f"calibrate {done}/{total}")
 
-    calib = calibration_batch(request.calib_images, request.calib_count, spec, size, progress)
+    calib = calibration_batch(paths, spec, size, progress)
     step("quantize")
     quantizer = backend_quantizer(recipe.target, options)
     dynamic = options["scheme"] == "dynamic"
