@@ -191,7 +191,7 @@ def export_model(
             "config": _jsonable(getattr(model, "cfg", None)),
             "weights": _weights_entry(checkpoint, seed),
             "input": _input_entry(entry.input_spec, size, exported.audit, image_input),
-            "output": {"name": "logits", "shape": [1, int(reference.shape[-1])]},
+            "output": _output_entry(int(reference.shape[-1]), exported.audit),
             "labels": labels,
             "recipe": _recipe_entry(chosen),
             "artifact": {
@@ -260,6 +260,14 @@ def _weights_entry(checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
     return {"checkpoint": None, "seed": seed, "note": f"random init (seed {seed}): pass --checkpoint for real weights"}
 
 
+def _output_entry(classes: int, audit: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": "logits", "shape": [1, classes], "dtype": "float32"}
+    if "output" in audit.get("int8_io", {}):
+        entry["dtype"] = "int8"
+        entry["quantization"] = {**audit["int8_io"]["output"], "formula": "logits = (value - zero_point) * scale"}
+    return entry
+
+
 def _input_entry(spec: InputSpec, size: int, audit: dict[str, Any], image_input: bool) -> dict[str, Any]:
     """What the app feeds: tensor or image, shape, layout, dtype and the exact preprocessing."""
     shape = list(spec.shape(size))
@@ -283,6 +291,9 @@ def _input_entry(spec: InputSpec, size: int, audit: dict[str, Any], image_input:
     }
     if image_input:
         entry.update(type="image (Core ML ImageType, RGB, 0-255 pixels)", dtype="image")
+    if audit.get("input_dtype") == "int8":  # full-integer TFLite: the app quantizes the normalised image
+        entry["dtype"] = "int8"
+        entry["quantization"] = {**audit["int8_io"]["input"], "formula": "round(normalised / scale) + zero_point"}
     return entry
 
 

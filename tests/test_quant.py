@@ -13,7 +13,7 @@ from edgevit.models import create_model, get_entry
 from edgevit.numerics import compare
 from edgevit.quant import backend_quantizer, calibration_batch, quantize
 from edgevit.quant.calibration import checked_calibration_paths
-from edgevit.quant.policy import untie_weights
+from edgevit.quant.policy import DYNAMIC_FLOAT_MODULES, untie_weights
 from edgevit.recipe import get_recipe
 from edgevit.runtime import open_runner
 from edgevit.targets import executorch as et
@@ -94,10 +94,11 @@ def test_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos_64, sch
     torch.manual_seed(0)
     model = create_model("lvt").eval()  # the real widths: a 16-channel toy quantizes far worse than LVT
     deploy = lower(model, "executorch")
-    quantizer = backend_quantizer("executorch", {"scheme": scheme, "per_channel": True})
+    quantizer = backend_quantizer("executorch", {"scheme": scheme, "per_channel": True, "io": "float"})
     # other photos than the ones checked below
     calib = calibration_batch(checked_calibration_paths(None, 8), get_entry("lvt").input_spec, 64)
-    q = quantize(deploy, X, quantizer, calib, dynamic=scheme == "dynamic")
+    float_types = DYNAMIC_FLOAT_MODULES["executorch"] if scheme == "dynamic" else ()
+    q = quantize(deploy, X, quantizer, calib, float_types=float_types)
     recipe = get_recipe(f"executorch-xnnpack-{'int8' if scheme == 'static' else 'dynamic-int8'}")
     artifact = et.export(q, X, recipe)
     assert artifact.audit["partitions"] <= recipe.gates.max_partitions and not artifact.audit["ops_outside"]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import lvt as train
-from .ops import LinearLayerNorm, PhaseFold, ShortRowSoftmax, linear_silu, spatial_mean_nhwc
+from .ops import LinearLayerNorm, PhaseFold, ShortRowSoftmax, TapLinear, linear_silu, spatial_mean_nhwc
 from .weights import class_block_weights, conv_copy, linear_from
 
 __all__ = ["DeployLVT", "DeployCSA", "DeployRASA", "DeployClassBlock"]
@@ -34,7 +34,7 @@ class DeployCSA(nn.Module):
         self.dim = dim
         self.num_heads = num_heads
         self.attn = nn.Linear(dim, 81 * num_heads)
-        self.register_buffer("value_weight", torch.zeros(9, dim, dim))  # per tap: (C_in, C_out)
+        self.values = TapLinear(9, dim)
         self.softmax = ShortRowSoftmax(9)
         self.fold = PhaseFold()
         self.proj = nn.Linear(dim, dim)
@@ -50,7 +50,7 @@ class DeployCSA(nn.Module):
         new.attn.bias.copy_(m.attn.bias * m.scale)
         C = m.dim
         # grouped 1x1 conv weight (9C, C, 1, 1): group t maps tap t's inputs to outputs t*C..t*C+C-1
-        new.value_weight.copy_(m.weight.weight.reshape(9, C, C).transpose(1, 2))
+        new.values.weight.copy_(m.weight.weight.reshape(9, C, C).transpose(1, 2))
         new.proj.load_state_dict(m.proj.state_dict())
         return new
 
@@ -81,7 +81,7 @@ class DeployCSA(nn.Module):
         attn = attn.reshape(B * L * heads, 9, 9)  # rows: (b, location, head)
 
         stacked = torch.cat([t.reshape(1, B * L, C) for t in taps], dim=0)  # 9, B*L, C
-        values = torch.bmm(stacked, self.value_weight)  # per-tap linear map
+        values = self.values(stacked)  # per-tap linear map
         values = values.reshape(9, B * L * heads, d).transpose(0, 1)  # B*L*heads, 9, d
 
         out = torch.bmm(attn, values).reshape(B * L, heads, 9, d)

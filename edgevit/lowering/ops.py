@@ -124,6 +124,20 @@ def _interleave(even: torch.Tensor, odd: torch.Tensor, dim: int) -> torch.Tensor
     return pair.reshape(B, 2 * h, w, C)
 
 
+class TapLinear(nn.Module):
+    """A separate (C_in, C_out) linear map per tap, as one ``bmm`` over the tap axis: (9, N, C) -> (9, N, C)."""
+
+    def __init__(self, taps: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(taps, dim, dim))  # per tap: (C_in, C_out)
+        self.as_linears = False  # one Linear per tap instead, for runtimes that quantize only Linear weights
+
+    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
+        if self.as_linears:
+            return torch.stack([F.linear(stacked[t], self.weight[t].T) for t in range(len(self.weight))])
+        return torch.bmm(stacked, self.weight)
+
+
 class PhaseFold(nn.Module):
     """:func:`fold_k3s2p1_nhwc` as a module, so quantizers can keep it float by type (its shifts are pads
     whose int8 form XNNPACK refuses when input and output scales differ)."""

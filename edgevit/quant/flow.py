@@ -3,6 +3,7 @@ fp32 artifact of the same deploy form (size and host latency, each in fresh proc
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from ..fileio import path_size
 from ..models.registry import InputSpec
 from ..recipe import Recipe
 from .calibration import calibration_batch, checked_calibration_paths
+from .policy import DYNAMIC_FLOAT_MODULES, adapt_for_dynamic
 from .pt2e import backend_quantizer, quant_options, quantize
 
 
@@ -50,11 +52,18 @@ def quantize_for_export(
     step("quantize")
     quantizer = backend_quantizer(recipe.target, options)
     dynamic = options["scheme"] == "dynamic"
-    quantized = quantize(deploy, example, quantizer, calib, keep_float, progress, dynamic=dynamic)
+    float_types = DYNAMIC_FLOAT_MODULES.get(recipe.target, ()) if dynamic else ()
+    if dynamic:  # on a copy: the fp32 comparison exports the deploy form as it is
+        deploy = copy.deepcopy(deploy)
+        adapt_for_dynamic(deploy, recipe.target)
+    quantized = quantize(
+        deploy, example, quantizer, calib, keep_float, progress, float_types, fold_quantize=recipe.target != "tflite"
+    )
     entry = {
         "scheme": options["scheme"],
         "weights": "int8 symmetric, " + ("per channel" if options["per_channel"] else "per tensor"),
         "activations": "int8, quantized at run time per call" if dynamic else "int8, static (calibrated)",
+        "io": options["io"],
         "keep_float": list(keep_float),
         "calibration": {
             "source": str(request.calib_images) if request.calib_images else "scikit-image sample photos",

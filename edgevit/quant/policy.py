@@ -11,7 +11,7 @@ import fnmatch
 import torch
 from torch import fx, nn
 
-from ..lowering.ops import ChannelLayerNorm, LinearLayerNorm, PhaseFold, ShortRowSoftmax
+from ..lowering.ops import ChannelLayerNorm, LinearLayerNorm, PhaseFold, ShortRowSoftmax, TapLinear
 
 # module types whose ops stay float on every backend: normalisations and softmax, whatever form they take,
 # and CSA's overlap-add (pads and adds that cost little and need no int8 form)
@@ -35,9 +35,19 @@ def _type_name(kind: type | str) -> str:
     return kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
 
 
-# dynamic (per-token, computed at run time) int8 is for matmuls: XNNPACK 1.5.1 fails to reshape dynamically
-# quantized convs (the strided RASA reduction, the MLPs' 1x1 convs) at run time
-DYNAMIC_FLOAT_MODULES: tuple[type[nn.Module], ...] = (nn.Conv2d,)
+# dynamic (per-call) int8 where each runtime's XNNPACK can run it: ExecuTorch 1.5.1 fails to reshape
+# dynamically quantized convs (RASA's strided reduction, 1x1 convs) at run time, so they stay float there
+DYNAMIC_FLOAT_MODULES: dict[str, tuple[type[nn.Module], ...]] = {"executorch": (nn.Conv2d,)}
+
+
+def adapt_for_dynamic(deploy: nn.Module, target: str) -> None:
+    """Rewrite what a target's dynamic int8 path cannot take. LiteRT's converter gives every constant matmul
+    operand int8 weights, and its XNNPACK delegate cannot prepare a BATCH_MATMUL with an int8 constant filter:
+    CSA's per-tap value maps become one Linear per tap there (same numbers, FULLY_CONNECTED ops)."""
+    if target == "tflite":
+        for module in deploy.modules():
+            if isinstance(module, TapLinear):
+                module.as_linears = True
 
 
 def stays_float(node: fx.Node, keep_float: tuple[str, ...], extra_types: tuple[type, ...] = ()) -> bool:

@@ -10,7 +10,7 @@ from torch import fx, nn
 
 from ..errors import EdgevitError
 from ..recipe import Recipe
-from .policy import DYNAMIC_FLOAT_MODULES, mark_float, retie_float_copies, untie_weights
+from .policy import mark_float, retie_float_copies, untie_weights
 
 SCHEMES = ("static", "dynamic")
 
@@ -25,7 +25,13 @@ def quant_options(recipe: Recipe) -> dict[str, Any] | None:
     keep = raw.get("keep_float", [])
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise EdgevitError(f"recipe {recipe.name}: options.quantization.keep_float must be a list of module names")
-    return {"scheme": raw["scheme"], "per_channel": bool(raw.get("per_channel", True)), "keep_float": keep}
+    io = raw.get("io", "float")
+    if io not in ("float", "int8") or (io == "int8" and (recipe.target != "tflite" or raw["scheme"] != "static")):
+        raise EdgevitError(
+            f"recipe {recipe.name}: options.quantization.io is '{io}'; int8 I/O is for static tflite recipes, "
+            "every other recipe takes float"
+        )
+    return {"scheme": raw["scheme"], "per_channel": bool(raw.get("per_channel", True)), "keep_float": keep, "io": io}
 
 
 def backend_quantizer(target: str, options: dict[str, Any]):
@@ -41,7 +47,10 @@ def backend_quantizer(target: str, options: dict[str, Any]):
             get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic)
         )
     if target == "tflite":
-        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from ..runtime.quiet import native_stderr_silenced
+
+        with native_stderr_silenced():  # TensorFlow's start-up notices
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
         return PT2EQuantizer().set_global(
             get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic)
@@ -74,20 +83,23 @@ def quantize(
     calibration: torch.Tensor,
     keep_float: tuple[str, ...] = (),
     progress: Callable[[int, int], None] | None = None,
-    dynamic: bool = False,
+    float_types: tuple[type, ...] = (),
+    fold_quantize: bool = True,
 ) -> fx.GraphModule:
-    """PTQ of a deploy form: export, untie shared weights, annotate (float policy first), calibrate, convert."""
+    """PTQ of a deploy form: export, untie shared weights, annotate (float policy first), calibrate, convert.
+
+    ``float_types`` are module types kept float on top of the policy's. ``fold_quantize=False`` keeps weights as float constants behind quantize/dequantize pairs, the form
+    litert-torch's converter reads."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     gm = torch.export.export(deploy.eval(), (example,), strict=False).module()
     copies = untie_weights(gm)
-    extra = DYNAMIC_FLOAT_MODULES if dynamic else ()
-    prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), extra))
+    prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), float_types))
     with torch.no_grad():
         for i in range(len(calibration)):
             prepared(calibration[i : i + 1])
             if progress:
                 progress(i + 1, len(calibration))
-    converted = convert_pt2e(prepared)
+    converted = convert_pt2e(prepared, fold_quantize=fold_quantize)
     retie_float_copies(converted, copies)
     return converted

@@ -34,16 +34,28 @@ class TFLiteRunner(Runner):
         self._nhwc = len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
         self._dtype = self._input["dtype"]
         self.raw_pixels = self._dtype == np.uint8
+        # a full-integer model takes and gives int8: (value - zero_point) * scale is the float it stands for
+        self._in_quant = self._input["quantization"] if self._dtype == np.int8 else None
+        self._out_quant = self._output["quantization"] if self._output["dtype"] == np.int8 else None
         self.input_shape = (shape[0], shape[3], shape[1], shape[2]) if self._nhwc else shape
 
     def bind(self, x: np.ndarray) -> None:
         """``x`` is NCHW: normalised floats, or 0..255 pixel values when ``raw_pixels``."""
         x = x.transpose(0, 2, 3, 1) if self._nhwc else x
-        x = np.ascontiguousarray(np.rint(x).clip(0, 255) if self.raw_pixels else x, dtype=self._dtype)
+        if self.raw_pixels:
+            x = np.rint(x).clip(0, 255)
+        elif self._in_quant:
+            scale, zero_point = self._in_quant
+            x = np.rint(x / scale + zero_point).clip(-128, 127)
+        x = np.ascontiguousarray(x, dtype=self._dtype)
         self._interpreter.set_tensor(self._input["index"], x)
 
     def invoke(self) -> None:
         self._interpreter.invoke()
 
     def fetch(self) -> np.ndarray:
-        return self._interpreter.get_tensor(self._output["index"]).copy()
+        y = self._interpreter.get_tensor(self._output["index"]).copy()
+        if self._out_quant:
+            scale, zero_point = self._out_quant
+            return (y.astype(np.float32) - zero_point) * np.float32(scale)
+        return y

@@ -10,15 +10,18 @@ import os
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import EdgevitError
 from ..recipe import Recipe
+from ..quant.pt2e import backend_quantizer, quant_options
 from .base import ExportedArtifact
+from .tflite_io import float_io
 
 SUFFIX = ".tflite"
 _LAYOUTS = ("NCHW", "NHWC")
-_PRECISIONS = ("fp32", "fp16")  # fp16: float16 weights, fp32 activations
+_PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8")  # fp16: float16 weights, fp32 activations
 # ops a stock LiteRT runtime cannot run or that leave the CPU/GPU delegates
 NON_BUILTIN_PREFIXES = ("Flex", "STABLEHLO_", "CUSTOM")
 
@@ -45,8 +48,11 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
 
     if recipe.precision not in _PRECISIONS:
         raise EdgevitError(
-            f"recipe {recipe.name}: precision '{recipe.precision}'; the tflite target takes fp32 or fp16"
+            f"recipe {recipe.name}: precision '{recipe.precision}'; the tflite target takes {', '.join(_PRECISIONS)}"
         )
+    quant = quant_options(recipe)
+    if quant:
+        return _export_quantized(litert_torch, model, example, recipe, quant)
     layout = recipe.options.get("input_layout", "NCHW")
     dtype = recipe.options.get("input_dtype", "float32")
     if layout not in _LAYOUTS:
@@ -67,6 +73,26 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
     audit["input_layout"] = layout
     audit["input_dtype"] = dtype
     audit["weights"] = recipe.precision
+    return ExportedArtifact.from_bytes(data, audit)
+
+
+def _export_quantized(litert_torch, model, example: torch.Tensor, recipe: Recipe, quant: dict[str, Any]):
+    """Convert a PT2E-quantized graph: int8 kernels throughout, with int8 or float32 I/O (static) or float I/O
+    and per-call activation quantization (dynamic)."""
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    from ..runtime.quiet import native_stderr_silenced
+
+    if recipe.options.get("input_layout", "NCHW") != "NCHW" or recipe.options.get("input_dtype", "float32") != "float32":
+        raise EdgevitError(f"recipe {recipe.name}: int8 tflite recipes take NCHW float input; drop input_layout/dtype")
+    config = QuantConfig(pt2e_quantizer=backend_quantizer("tflite", quant))
+    with native_stderr_silenced():  # the MLIR converter logs every quantize pair it meets
+        data = litert_torch.convert(model, (example,), quant_config=config).model_content()
+    if quant["scheme"] == "static" and quant["io"] == "float":  # dynamic models keep float I/O by construction
+        data = float_io(data)
+    audit = audit_tflite(data)
+    audit["input_layout"] = "NCHW"
+    audit["weights"] = "int8"
     return ExportedArtifact.from_bytes(data, audit)
 
 
@@ -110,7 +136,14 @@ def audit_tflite(data: bytes) -> dict[str, Any]:
     except RuntimeError as e:  # e.g. a stablehlo scatter the runtime cannot prepare
         partitions, runtime_error = None, str(e).strip().splitlines()[0][:200]
     non_builtin = sorted(name for name in ops if name.startswith(NON_BUILTIN_PREFIXES))
+    io = {"input": plain.get_input_details()[0], "output": plain.get_output_details()[0]}
+    int8_io = {
+        name: {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+        for name, d in io.items()
+        if d["dtype"] == np.int8
+    }
     return {
+        **({"input_dtype": "int8", "int8_io": int8_io} if int8_io else {}),
         "backend": "litert",
         "ops": dict(sorted(ops.items())),
         "all_builtin": not non_builtin,
