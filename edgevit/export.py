@@ -159,14 +159,17 @@ def export_model(
 
     t0 = time.perf_counter()
     example = torch.randn(entry.input_spec.shape(size))
-    quantization = None
+    quantization, plan = None, None
     to_export = deploy
     if quant_options(chosen):
-        to_export, quantization = quantize_for_export(
+        plan = quantize_for_export(
             deploy, example, chosen, entry.input_spec, size, quantize_request or QuantizeRequest(), step
         )
+        to_export, quantization = plan.module, plan.entry
     step(f"export ({chosen.name})")
     exported = module.export(to_export, example, chosen)
+    if plan and plan.rewrite:
+        exported = plan.rewrite(exported)
     export_seconds = time.perf_counter() - t0
 
     step("verify on host runtime")

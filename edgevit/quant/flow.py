@@ -17,6 +17,7 @@ from torch import nn
 from ..fileio import path_size
 from ..models.registry import InputSpec
 from ..recipe import Recipe
+from ..targets.base import ExportedArtifact
 from .calibration import calibration_batch, checked_calibration_paths
 from .policy import DYNAMIC_FLOAT_MODULES, adapt_for_dynamic
 from .pt2e import backend_quantizer, quant_options, quantize
@@ -31,6 +32,16 @@ class QuantizeRequest:
     keep_float: tuple[str, ...] = ()
 
 
+@dataclass
+class QuantizedDeploy:
+    """What the target exports, the manifest's ``quantization`` entry, and for targets that quantize the
+    exported file (ONNX) the rewrite of that file."""
+
+    module: nn.Module
+    entry: dict[str, Any]
+    rewrite: Callable[[ExportedArtifact], ExportedArtifact] | None = None
+
+
 def quantize_for_export(
     deploy: nn.Module,
     example: torch.Tensor,
@@ -39,7 +50,7 @@ def quantize_for_export(
     size: int,
     request: QuantizeRequest,
     step: Callable[[str], None],
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> QuantizedDeploy:
     """The quantized deploy form for ``recipe`` and the manifest's ``quantization`` entry."""
     options = quant_options(recipe)
     keep_float = tuple(options["keep_float"]) + tuple(request.keep_float)
@@ -49,6 +60,23 @@ def quantize_for_export(
         step(f"calibrate {done}/{total}")
 
     calib = calibration_batch(paths, spec, size, progress)
+    entry = {
+        "scheme": options["scheme"],
+        "weights": "int8 symmetric, " + ("per channel" if options["per_channel"] else "per tensor"),
+        "activations": "int8, static (calibrated)",
+        "io": options["io"],
+        "keep_float": list(keep_float),
+        "calibration": {
+            "source": str(request.calib_images) if request.calib_images else "scikit-image sample photos",
+            "images": [p.name for p in paths],
+        },
+    }
+    if recipe.target == "onnx":
+        return QuantizedDeploy(
+            deploy,
+            {**entry, "activations": "uint8, static (calibrated)"},
+            _onnx_rewrite(calib.numpy(), options["per_channel"], keep_float, step),
+        )
     step("quantize")
     quantizer = backend_quantizer(recipe.target, options)
     dynamic = options["scheme"] == "dynamic"
@@ -59,18 +87,20 @@ def quantize_for_export(
     quantized = quantize(
         deploy, example, quantizer, calib, keep_float, progress, float_types, fold_quantize=recipe.target != "tflite"
     )
-    entry = {
-        "scheme": options["scheme"],
-        "weights": "int8 symmetric, " + ("per channel" if options["per_channel"] else "per tensor"),
-        "activations": "int8, quantized at run time per call" if dynamic else "int8, static (calibrated)",
-        "io": options["io"],
-        "keep_float": list(keep_float),
-        "calibration": {
-            "source": str(request.calib_images) if request.calib_images else "scikit-image sample photos",
-            "images": [p.name for p in paths],
-        },
-    }
-    return quantized, entry
+    if dynamic:
+        entry["activations"] = "int8, quantized at run time per call"
+    return QuantizedDeploy(quantized, entry)
+
+
+def _onnx_rewrite(calibration, per_channel: bool, keep_float: tuple[str, ...], step):
+    def rewrite(artifact: ExportedArtifact) -> ExportedArtifact:
+        from ..targets.onnx import replace_model
+        from .onnx_qdq import quantize_qdq
+
+        step("quantize (onnxruntime QDQ)")
+        return replace_model(quantize_qdq(artifact.data, calibration, per_channel, keep_float))
+
+    return rewrite
 
 
 def compare_with_fp32(

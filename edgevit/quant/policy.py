@@ -53,12 +53,18 @@ def adapt_for_dynamic(deploy: nn.Module, target: str) -> None:
 def stays_float(node: fx.Node, keep_float: tuple[str, ...], extra_types: tuple[type, ...] = ()) -> bool:
     """True for nodes inside a float-policy module type or under a module name the user keeps float
     (``fnmatch`` patterns such as ``stages.0.*``; a name also covers everything beneath it)."""
-    stack = node.meta.get("nn_module_stack") or {}
+    stack = (node.meta.get("nn_module_stack") or {}).values()
+    return scope_stays_float([path for path, _ in stack], [kind for _, kind in stack], keep_float, extra_types)
+
+
+def scope_stays_float(
+    paths: list[str], kinds: list[type | str], keep_float: tuple[str, ...], extra_types: tuple[type, ...] = ()
+) -> bool:
+    """The float policy for an op inside the modules ``paths`` of types ``kinds`` (outermost first)."""
     float_types = {_type_name(t) for t in (*FLOAT_MODULES, *extra_types)}
-    if any(_type_name(kind) in float_types for _, kind in stack.values()):
+    if any(_type_name(kind) in float_types for kind in kinds):
         return True
-    names = [path for path, _ in stack.values()]
-    return any(fnmatch.fnmatchcase(name, pattern) for name in names for pattern in keep_float)
+    return any(fnmatch.fnmatchcase(path, pattern) for path in paths for pattern in keep_float)
 
 
 def untie_weights(gm: fx.GraphModule) -> dict[str, str]:

@@ -25,6 +25,8 @@ def quant_options(recipe: Recipe) -> dict[str, Any] | None:
     keep = raw.get("keep_float", [])
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise EdgevitError(f"recipe {recipe.name}: options.quantization.keep_float must be a list of module names")
+    if recipe.target == "onnx" and raw["scheme"] != "static":
+        raise EdgevitError(f"recipe {recipe.name}: onnx int8 recipes take scheme static (onnxruntime QDQ)")
     io = raw.get("io", "float")
     if io not in ("float", "int8") or (io == "int8" and (recipe.target != "tflite" or raw["scheme"] != "static")):
         raise EdgevitError(
@@ -55,7 +57,7 @@ def backend_quantizer(target: str, options: dict[str, Any]):
         return PT2EQuantizer().set_global(
             get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic)
         )
-    raise EdgevitError(f"no PT2E quantizer for target '{target}'; int8 recipes exist for executorch and tflite")
+    raise EdgevitError(f"no PT2E quantizer for target '{target}'; PT2E int8 recipes exist for executorch and tflite")
 
 
 def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple[type, ...]):

@@ -14,7 +14,8 @@ from ..fileio import atomic_write_bytes
 class ExportedArtifact:
     audit: dict[str, Any]
     write: Callable[[Path], None]
+    data: bytes | None = None  # the artifact itself, for single-file formats
 
     @classmethod
     def from_bytes(cls, data: bytes, audit: dict[str, Any]) -> ExportedArtifact:
-        return cls(audit, lambda path: atomic_write_bytes(path, data))
+        return cls(audit, lambda path: atomic_write_bytes(path, data), data)

@@ -35,7 +35,13 @@ def export_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = DEF
 
 
 def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
+    """fp32 ONNX; an int8 recipe's QDQ quantization runs on these bytes afterwards (see ``quant.onnx_qdq``)."""
     data = export_bytes(model, example, int(recipe.options.get("opset", DEFAULT_OPSET)))
+    return ExportedArtifact.from_bytes(data, audit_onnx(data))
+
+
+def replace_model(data: bytes) -> ExportedArtifact:
+    """The artifact for rewritten ONNX bytes, audited afresh."""
     return ExportedArtifact.from_bytes(data, audit_onnx(data))
 
 

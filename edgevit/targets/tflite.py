@@ -83,7 +83,10 @@ def _export_quantized(litert_torch, model, example: torch.Tensor, recipe: Recipe
 
     from ..runtime.quiet import native_stderr_silenced
 
-    if recipe.options.get("input_layout", "NCHW") != "NCHW" or recipe.options.get("input_dtype", "float32") != "float32":
+    if (
+        recipe.options.get("input_layout", "NCHW") != "NCHW"
+        or recipe.options.get("input_dtype", "float32") != "float32"
+    ):
         raise EdgevitError(f"recipe {recipe.name}: int8 tflite recipes take NCHW float input; drop input_layout/dtype")
     config = QuantConfig(pt2e_quantizer=backend_quantizer("tflite", quant))
     with native_stderr_silenced():  # the MLIR converter logs every quantize pair it meets
