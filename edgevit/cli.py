@@ -315,6 +315,8 @@ def describe_audit(audit: dict) -> str:
 
 
 def describe_numerics(num: dict) -> str:
+    if "skipped" in num and "simulated" in num:
+        return f"{num['skipped']}; gated on {describe_numerics(num['simulated'])}"
     if "skipped" in num:
         return num["skipped"]
     return (

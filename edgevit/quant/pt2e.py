@@ -57,7 +57,21 @@ def backend_quantizer(target: str, options: dict[str, Any]):
         return PT2EQuantizer().set_global(
             get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic)
         )
-    raise EdgevitError(f"no PT2E quantizer for target '{target}'; PT2E int8 recipes exist for executorch and tflite")
+    if target == "coreml":
+        if dynamic:
+            raise EdgevitError("Core ML has no dynamic activation quantization; use scheme static (w8a8)")
+        from coremltools.optimize.torch.quantization.quantization_config import LinearQuantizerConfig
+        from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
+
+        # Core ML's int8 activations are unsigned (quint8), its weights signed; symmetric suits the NE
+        config = {
+            "quantization_scheme": "symmetric",
+            "activation_dtype": torch.quint8,
+            "weight_dtype": torch.qint8,
+            "weight_per_channel": options["per_channel"],
+        }
+        return CoreMLQuantizer(LinearQuantizerConfig.from_dict({"global_config": config}))
+    raise EdgevitError(f"no PT2E quantizer for target '{target}'; PT2E int8 recipes exist for executorch, tflite, coreml")
 
 
 def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple[type, ...]):

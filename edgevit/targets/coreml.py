@@ -82,10 +82,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         convert_kwargs["classifier_config"] = ct.ClassifierConfig(list(labels))
     else:
         convert_kwargs["outputs"] = [ct.TensorType(name="logits")]
-    with torch.no_grad():
-        traced = torch.jit.trace(model.eval(), example)
     mlmodel = ct.convert(
-        traced,
+        _torch_program(model, example, quantized=recipe.options.get("quantization") is not None),
         inputs=inputs,
         convert_to="mlprogram",
         skip_model_load=True,  # loading compiles the model, which only macOS can do
@@ -97,6 +95,15 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
     audit = audit_mil(mlmodel._mil_program)
     audit["compression"] = recipe.options.get("compression", "none")
     return ExportedArtifact(audit, lambda path: mlmodel.save(str(path)))
+
+
+def _torch_program(model: torch.nn.Module, example: torch.Tensor, quantized: bool) -> Any:
+    """What coremltools converts: a trace (its stable path), or for a PT2E-quantized graph, whose quantize and
+    dequantize ops only the torch.export path understands, the exported program in the ATEN dialect."""
+    if quantized:
+        return torch.export.export(model, (example,), strict=False).run_decompositions({})
+    with torch.no_grad():
+        return torch.jit.trace(model.eval(), example)
 
 
 def _compress(mlmodel: Any, recipe: Recipe) -> Any:
