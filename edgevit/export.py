@@ -34,6 +34,7 @@ from .numerics import compare
 from .quant.calibration import checked_calibration_paths
 from .quant.flow import QuantizeRequest, compare_with_fp32, quantize_for_export
 from .quant.pt2e import quant_options
+from .quant.sensitivity import candidate_blocks, describe_fix, sensitivity_report
 from .recipe import Recipe, default_recipe, get_recipe
 from .runtime import host_cannot_run, open_runner
 from .targets.audit import check_gates, raise_on_failures
@@ -188,6 +189,15 @@ def export_model(
             numerics["simulated"] = simulated
         gated = numerics if "skipped" not in numerics else numerics.get("simulated")
         failures = check_gates(exported.audit, gated, chosen.gates, chosen.name)
+        threshold = chosen.gates.min_sqnr_db
+        if plan and plan.requantize and gated and threshold is not None and gated["sqnr_db"] < threshold:
+            step("find the blocks that cost the most SQNR")
+            report = sensitivity_report(
+                plan.requantize, list(candidate_blocks(deploy)), photos, reference, threshold, step
+            )
+            quantization["sensitivity"] = report
+            sqnr = [f"{f}; {describe_fix(report)}" for f in failures if ": SQNR " in f]
+            failures = sqnr + [f for f in failures if ": SQNR " not in f]
         if not allow_gate_failures:
             raise_on_failures(failures)
         if quantization is not None:  # only for an artifact that will be kept: it costs an fp32 export

@@ -14,6 +14,7 @@ from edgevit.numerics import compare
 from edgevit.quant import backend_quantizer, calibration_batch, quantize
 from edgevit.quant.calibration import checked_calibration_paths
 from edgevit.quant.policy import DYNAMIC_FLOAT_MODULES, untie_weights
+from edgevit.quant.sensitivity import candidate_blocks, describe_fix, sensitivity_report, simulated_sqnr
 from edgevit.recipe import get_recipe
 from edgevit.runtime import open_runner
 from edgevit.targets import executorch as et
@@ -128,4 +129,30 @@ def test_int8_export_end_to_end_with_gate(tmp_path):
     )
     failed = run_cli("export", "lvt", "--recipe", str(strict), *args)
     assert failed.returncode == 3 and "SQNR" in failed.stderr and "min 90 dB" in failed.stderr
+    # with the per-block report: the worst blocks, and that no float set reaches 90 dB
+    assert "most sensitive: stages." in failed.stderr and "does not reach 90 dB" in failed.stderr
     assert not (tmp_path / "lvt-strict-int8.pte").exists()
+
+
+def test_sensitivity_report_finds_the_blocks_that_pass_the_gate(photos_64):
+    model = tiny_lvt()
+    deploy = lower(model, "executorch")
+    quantizer = backend_quantizer("executorch", {"scheme": "static", "per_channel": True, "io": "float"})
+    calib = calibration_batch(checked_calibration_paths(None, 4), get_entry("lvt").input_spec, 64)
+    photos = photos_64[:4]
+    with torch.no_grad():
+        reference = model(photos).numpy()
+
+    def requantize(more_float):
+        return quantize(deploy, X, quantizer, calib, more_float)
+
+    blocks = list(candidate_blocks(deploy))
+    assert blocks[0] == "stages.0.0" and "head" in blocks
+    first = sensitivity_report(requantize, blocks, photos, reference, threshold=200.0)
+    assert first["fix"] is None and first["blocks"][0]["sqnr_db_if_float"] >= first["blocks"][-1]["sqnr_db_if_float"]
+    # a threshold between int8 and the best single block kept float: the fix exists and really passes
+    threshold = (first["baseline_sqnr_db"] + first["blocks"][0]["sqnr_db_if_float"]) / 2
+    report = sensitivity_report(requantize, blocks, photos, reference, threshold)
+    assert report["fix"] and report["fix_sqnr_db"] >= threshold
+    assert simulated_sqnr(requantize(tuple(report["fix"])), photos, reference) >= threshold
+    assert "--keep-float " + report["fix"][0] in describe_fix(report)

@@ -40,6 +40,8 @@ class QuantizedDeploy:
     module: nn.Module
     entry: dict[str, Any]
     rewrite: Callable[[ExportedArtifact], ExportedArtifact] | None = None
+    # the same quantization with more module names kept float (for the sensitivity report)
+    requantize: Callable[[tuple[str, ...]], nn.Module] | None = None
 
 
 def quantize_for_export(
@@ -84,12 +86,15 @@ def quantize_for_export(
     if dynamic:  # on a copy: the fp32 comparison exports the deploy form as it is
         deploy = copy.deepcopy(deploy)
         adapt_for_dynamic(deploy, recipe.target)
-    quantized = quantize(
-        deploy, example, quantizer, calib, keep_float, progress, float_types, fold_quantize=recipe.target != "tflite"
-    )
+    fold = recipe.target != "tflite"
+    quantized = quantize(deploy, example, quantizer, calib, keep_float, progress, float_types, fold_quantize=fold)
     if dynamic:
         entry["activations"] = "int8, quantized at run time per call"
-    return QuantizedDeploy(quantized, entry)
+
+    def requantize(more_float: tuple[str, ...]) -> nn.Module:
+        return quantize(deploy, example, quantizer, calib, keep_float + more_float, None, float_types, fold)
+
+    return QuantizedDeploy(quantized, entry, requantize=requantize)
 
 
 def _onnx_rewrite(calibration, per_channel: bool, keep_float: tuple[str, ...], step):

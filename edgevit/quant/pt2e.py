@@ -71,7 +71,9 @@ def backend_quantizer(target: str, options: dict[str, Any]):
             "weight_per_channel": options["per_channel"],
         }
         return CoreMLQuantizer(LinearQuantizerConfig.from_dict({"global_config": config}))
-    raise EdgevitError(f"no PT2E quantizer for target '{target}'; PT2E int8 recipes exist for executorch, tflite, coreml")
+    raise EdgevitError(
+        f"no PT2E quantizer for target '{target}'; PT2E int8 recipes exist for executorch, tflite, coreml"
+    )
 
 
 def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple[type, ...]):
@@ -104,8 +106,8 @@ def quantize(
 ) -> fx.GraphModule:
     """PTQ of a deploy form: export, untie shared weights, annotate (float policy first), calibrate, convert.
 
-    ``float_types`` are module types kept float on top of the policy's. ``fold_quantize=False`` keeps weights as float constants behind quantize/dequantize pairs, the form
-    litert-torch's converter reads."""
+    ``float_types`` are module types kept float on top of the policy's. ``fold_quantize=False`` keeps weights
+    as float constants behind quantize/dequantize pairs, the form litert-torch's converter reads."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     gm = torch.export.export(deploy.eval(), (example,), strict=False).module()

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import EdgevitError
-from ..recipe import Recipe
 from ..quant.pt2e import backend_quantizer, quant_options
+from ..recipe import Recipe
 from .base import ExportedArtifact
 from .tflite_io import float_io
 
