@@ -29,6 +29,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_lvt.py --rounds 5 --runs 30 --write-readme
 	$(BIN)/python benchmarks/bench_fold.py --rounds 3 --write-readme
+	$(BIN)/python benchmarks/bench_int8.py --rounds 3 --runs 30 --write-readme
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgevit tests benchmarks

@@ -1,0 +1,132 @@
+"""int8 against fp32 per target for LVT at 224: size, host latency and SQNR, each artifact timed in its own
+process, alternating (fp32 int8 ... fp32 int8 ...), the figure being the median of the per-process medians.
+
+Core ML artifacts are sized only: their prediction needs macOS. Results go to benchmarks/results/int8.json and,
+with --write-readme, into README.md between the bench:int8 markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from readme_table import write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "out"
+RESULTS = ROOT / "benchmarks" / "results" / "int8.json"
+SEED = 0
+
+# per target: the fp32 reference recipe first, then the quantized recipes measured against it
+GROUPS = {
+    "executorch": ["executorch-xnnpack-fp32", "executorch-xnnpack-int8", "executorch-xnnpack-dynamic-int8"],
+    "tflite": ["tflite-fp32", "tflite-int8", "tflite-int8-float-io", "tflite-dynamic-int8"],
+    "onnx": ["onnx-fp32", "onnx-int8"],
+    "coreml": ["coreml-fp16", "coreml-w8a8"],
+}
+
+
+def export_all() -> dict[str, dict]:
+    from edgevit.export import export_model
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    manifests = {}
+    for target, recipes in GROUPS.items():
+        for recipe in recipes:
+            print(f"export {recipe}", file=sys.stderr)
+            result = export_model("lvt", target, recipe, output_dir=OUT, force=True, seed=SEED, num_images=8)
+            manifests[recipe] = {**result.manifest, "path": str(result.artifact)}
+    return manifests
+
+
+def measure(manifests: dict[str, dict], rounds: int, runs: int) -> dict[str, float]:
+    from edgevit.bench.host import Settings, run_worker
+    from edgevit.runtime import host_cannot_run
+
+    settings = Settings(threads=2, warmup=10, runs=runs, min_seconds=0.0)
+    medians: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for recipes in GROUPS.values():
+            for recipe in recipes:
+                path = Path(manifests[recipe]["path"])
+                if host_cannot_run(path):
+                    continue
+                timed = run_worker(path, settings, timeout=900)
+                if "error" in timed:
+                    raise SystemExit(f"{recipe}: {timed['error']}")
+                medians.setdefault(recipe, []).append(statistics.median(timed["samples_ms"]))
+                print(f"round {r + 1}/{rounds} {recipe}: {medians[recipe][-1]:.2f} ms", file=sys.stderr)
+    return {recipe: statistics.median(values) for recipe, values in medians.items()}
+
+
+def sqnr_of(manifest: dict) -> tuple[float | None, str]:
+    numerics = manifest["numerics"]
+    if "skipped" in numerics:
+        simulated = numerics.get("simulated")
+        return (simulated["sqnr_db"], " (simulated)") if simulated else (None, "")
+    return numerics["sqnr_db"], ""
+
+
+def table(manifests: dict[str, dict], latency: dict[str, float]) -> str:
+    rows = [
+        "| recipe | size | vs fp32 size | host median | vs fp32 | SQNR vs PyTorch fp32 | top-1 agree |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for recipes in GROUPS.values():
+        base = recipes[0]
+        for recipe in recipes:
+            m = manifests[recipe]
+            size = m["artifact"]["size_bytes"]
+            size_ratio = size / manifests[base]["artifact"]["size_bytes"]
+            sqnr, note = sqnr_of(m)
+            numerics = m["numerics"].get("simulated") or m["numerics"]
+            if recipe in latency:
+                ms, ratio = f"{latency[recipe]:.2f} ms", f"{latency[recipe] / latency[base]:.2f}x"
+            else:
+                ms, ratio = "needs macOS", "-"
+            sqnr_text = f"{sqnr:.1f} dB{note}" if sqnr is not None else "needs macOS"
+            top1 = f"{numerics['top1_agreement'] * 100:.0f}%" if "top1_agreement" in numerics else "-"
+            rows.append(
+                f"| {recipe} | {size / 1e6:.1f} MB | {size_ratio:.2f} | {ms} | {ratio} | {sqnr_text} | {top1} |"
+            )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per artifact, alternating")
+    parser.add_argument("--runs", type=int, default=30, help="timed inferences per process")
+    parser.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    args = parser.parse_args()
+    manifests = export_all()
+    latency = measure(manifests, args.rounds, args.runs)
+    body = table(manifests, latency)
+    print(body)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "latency_ms": latency,
+                "rounds": args.rounds,
+                "runs": args.runs,
+                "artifacts": {
+                    r: {"size_bytes": m["artifact"]["size_bytes"], "numerics": m["numerics"]}
+                    for r, m in manifests.items()
+                },
+            },
+            indent=2,
+        )
+    )
+    if args.write_readme:
+        note = (
+            f"\n\n`make bench` (`benchmarks/bench_int8.py --rounds {args.rounds} --runs {args.runs}`): lvt at 224, "
+            "random weights (seed 0), 2 threads, SQNR on 8 photos. Core ML rows: converted here, timed on macOS only."
+        )
+        write_section("int8", body + note)
+
+
+if __name__ == "__main__":
+    main()
