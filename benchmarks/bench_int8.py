@@ -42,6 +42,19 @@ def export_all() -> dict[str, dict]:
     return manifests
 
 
+def load_exported() -> dict[str, dict]:
+    """The manifests of a previous export into benchmarks/out (for --skip-export)."""
+    manifests = {}
+    for recipes in GROUPS.values():
+        for recipe in recipes:
+            path = OUT / f"lvt-{recipe}.manifest.json"
+            if not path.exists():
+                raise SystemExit(f"{path} is missing; run without --skip-export first")
+            manifest = json.loads(path.read_text())
+            manifests[recipe] = {**manifest, "path": str(OUT / manifest["artifact"]["file"])}
+    return manifests
+
+
 def measure(manifests: dict[str, dict], rounds: int, runs: int) -> dict[str, float]:
     from edgevit.bench.host import Settings, run_worker
     from edgevit.runtime import host_cannot_run
@@ -100,8 +113,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per artifact, alternating")
     parser.add_argument("--runs", type=int, default=30, help="timed inferences per process")
     parser.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    parser.add_argument("--export-only", action="store_true", help="export the artifacts and stop")
+    parser.add_argument("--skip-export", action="store_true", help="time the artifacts a previous run exported")
     args = parser.parse_args()
-    manifests = export_all()
+    manifests = load_exported() if args.skip_export else export_all()
+    if args.export_only:
+        return
     latency = measure(manifests, args.rounds, args.runs)
     body = table(manifests, latency)
     print(body)
