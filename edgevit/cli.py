@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli_bench import BENCH_EXAMPLES, bench, devices_app
+from .cli_train import QAT_EXAMPLES, datasets_app, qat
 from .errors import EdgevitError
 
 app = typer.Typer(
@@ -198,6 +199,8 @@ def export(
 
 app.command(epilog=BENCH_EXAMPLES)(bench)
 app.add_typer(devices_app, name="devices")
+app.command(epilog=QAT_EXAMPLES)(qat)
+app.add_typer(datasets_app, name="datasets")
 
 
 def _export_one(model: str, target: str, options: dict):

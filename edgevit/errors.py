@@ -19,3 +19,9 @@ class RunFailure(EdgevitError):
     """A benchmark started but some runs failed (device lost, runner crash, timeout); results so far are kept."""
 
     exit_code = 1
+
+
+class Interrupted(EdgevitError):
+    """Ctrl-C during long work that keeps its last good state (a QAT checkpoint)."""
+
+    exit_code = 130

@@ -32,7 +32,7 @@ from .lowering import lower
 from .models import InputSpec, check_input_size, create_model, get_entry
 from .numerics import compare
 from .quant.calibration import checked_calibration_paths
-from .quant.flow import QuantizeRequest, compare_with_fp32, quantize_for_export
+from .quant.flow import QuantizedDeploy, QuantizeRequest, compare_with_fp32, quantize_for_export
 from .quant.pt2e import quant_options
 from .quant.sensitivity import candidate_blocks, describe_fix, sensitivity_report
 from .recipe import Recipe, default_recipe, get_recipe
@@ -40,6 +40,20 @@ from .runtime import host_cannot_run, open_runner
 from .targets.audit import check_gates, raise_on_failures
 
 Step = Callable[[str], None]
+
+
+@dataclass
+class Prebuilt:
+    """Made elsewhere (QAT): the model the artifact must reproduce (the fake-quantized trained graph), the fp32
+    deploy form of the same weights (for the size and latency comparison), the quantized form, the model config
+    and the manifest's quantization entry."""
+
+    reference: torch.nn.Module
+    reference_name: str
+    float_deploy: torch.nn.Module
+    quantized: torch.nn.Module
+    config: Any
+    entry: dict[str, Any]
 
 
 @dataclass
@@ -106,11 +120,13 @@ def export_model(
     image_input: bool = False,
     on_step: Step | None = None,
     quantize_request: QuantizeRequest | None = None,
+    prebuilt: Prebuilt | None = None,
 ) -> ExportResult:
     """Export ``model_name`` for ``target``; writes ``<model>-<recipe><suffix>`` and its manifest atomically.
 
     ``labels`` (one per class) go into the manifest, and make a Core ML export a classifier; ``image_input``
     gives a Core ML export an image input with the normalisation inside.
+    ``prebuilt`` hands in a model and its already-quantized deploy form (QAT) instead of building them.
     Raises :class:`EdgevitError` for bad input and :class:`GateError` when the artifact misses a gate (then
     nothing is written, unless ``allow_gate_failures``).
     """
@@ -136,13 +152,13 @@ def export_model(
     refuse_overwrite([artifact, manifest_path], force)
     check_writable_dir(out_dir)
     photo_paths = image_paths(images)[:num_images]
-    if quant_options(chosen):  # a bad calibration folder fails now, not after minutes of work
+    if quant_options(chosen) and prebuilt is None:  # a bad calibration folder fails now, not after minutes of work
         request = quantize_request or QuantizeRequest()
         checked_calibration_paths(request.calib_images, request.calib_count)
 
     step("build model")
     torch.manual_seed(seed)
-    model = create_model(model_name, checkpoint).eval()
+    model = prebuilt.reference if prebuilt else create_model(model_name, checkpoint).eval()
     photos = load_images(images, entry.input_spec, size, limit=num_images)
     with torch.no_grad():
         reference = model(photos).numpy()
@@ -154,7 +170,7 @@ def export_model(
 
     step("lower")
     # a recipe may ask for another target's deploy form (a .pte with the Core ML delegate wants Core ML's)
-    deploy = lower(model, chosen.options.get("lowering", target))
+    deploy = prebuilt.float_deploy if prebuilt else lower(model, chosen.options.get("lowering", target))
     with torch.no_grad():
         lowering_numerics = compare(reference, deploy(photos).numpy())
 
@@ -162,7 +178,10 @@ def export_model(
     example = torch.randn(entry.input_spec.shape(size))
     quantization, plan = None, None
     to_export = deploy
-    if quant_options(chosen):
+    if prebuilt is not None:
+        plan = QuantizedDeploy(prebuilt.quantized, prebuilt.entry)
+        to_export, quantization = plan.module, plan.entry
+    elif quant_options(chosen):
         plan = quantize_for_export(
             deploy, example, chosen, entry.input_spec, size, quantize_request or QuantizeRequest(), step
         )
@@ -206,7 +225,7 @@ def export_model(
         step("write")
         manifest = {
             "model": model_name,
-            "config": _jsonable(getattr(model, "cfg", None)),
+            "config": _jsonable(prebuilt.config if prebuilt else getattr(model, "cfg", None)),
             "weights": _weights_entry(checkpoint, seed),
             "input": _input_entry(entry.input_spec, size, exported.audit, image_input),
             "output": _output_entry(int(reference.shape[-1]), exported.audit),
@@ -222,7 +241,7 @@ def export_model(
             "lowering": {"vs_training_form": lowering_numerics},
             "quantization": quantization,
             "numerics": {
-                "reference": "PyTorch fp32 training form",
+                "reference": prebuilt.reference_name if prebuilt else "PyTorch fp32 training form",
                 "images": [p.name for p in photo_paths],
                 **numerics,
             },

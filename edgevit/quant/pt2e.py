@@ -36,8 +36,9 @@ def quant_options(recipe: Recipe) -> dict[str, Any] | None:
     return {"scheme": raw["scheme"], "per_channel": bool(raw.get("per_channel", True)), "keep_float": keep, "io": io}
 
 
-def backend_quantizer(target: str, options: dict[str, Any]):
-    """The target's own PT2E quantizer, configured for int8 symmetric weights (per channel by default)."""
+def backend_quantizer(target: str, options: dict[str, Any], qat: bool = False):
+    """The target's own PT2E quantizer, configured for int8 symmetric weights (per channel by default);
+    ``qat`` gives its fake-quantize form for ``prepare_qat_pt2e``."""
     dynamic = options["scheme"] == "dynamic"
     if target == "executorch":
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -46,7 +47,7 @@ def backend_quantizer(target: str, options: dict[str, Any]):
         )
 
         return XNNPACKQuantizer().set_global(
-            get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic)
+            get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic, is_qat=qat)
         )
     if target == "tflite":
         from ..runtime.quiet import native_stderr_silenced
@@ -55,7 +56,7 @@ def backend_quantizer(target: str, options: dict[str, Any]):
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
         return PT2EQuantizer().set_global(
-            get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic)
+            get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic, is_qat=qat)
         )
     if target == "coreml":
         if dynamic:

@@ -1,0 +1,1 @@
+"""Training on labelled image folders: the fp32 fine-tune and quantization-aware training."""

@@ -1,0 +1,110 @@
+"""Labelled image folders, the offline digits set, and `edgevit qat` end to end: train, checkpoint, resume,
+Ctrl-C, export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from edgevit.errors import EdgevitError
+from edgevit.train.qat import QATRun, load_checkpoint
+
+from .conftest import EDGEVIT, run_cli
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits") / "all"
+    proc = run_cli("datasets", "digits", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert "1437 training and 360 held-out images" in proc.stdout
+    return root
+
+
+@pytest.fixture(scope="module")
+def small(digits, tmp_path_factory):
+    """Three digits, 12 training and 6 held-out images each: a QAT run in seconds."""
+    root = tmp_path_factory.mktemp("small")
+    for split, count in (("train", 12), ("val", 6)):
+        for digit in "012":
+            target = root / split / digit
+            target.mkdir(parents=True)
+            for path in sorted((digits / split / digit).iterdir())[:count]:
+                shutil.copy(path, target / path.name)
+    return root
+
+
+def test_digits_are_real_scans_with_a_balanced_split(digits):
+    train = {d.name: len(list(d.iterdir())) for d in (digits / "train").iterdir()}
+    val = {d.name: len(list(d.iterdir())) for d in (digits / "val").iterdir()}
+    assert sorted(train) == [str(i) for i in range(10)] and sum(train.values()) == 1437
+    assert all(abs(val[c] / (train[c] + val[c]) - 0.2) < 0.02 for c in train)  # stratified
+    again = run_cli("datasets", "digits", str(digits))
+    assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_bad_data_folders_are_one_line_errors(tmp_path, small):
+    missing = run_cli("qat", "lvt", "--data", str(tmp_path / "nope"), "--target", "executorch")
+    assert missing.returncode == 2 and "data folder not found" in missing.stderr
+    one = tmp_path / "one"
+    shutil.copytree(small / "train" / "0", one / "0")
+    single = run_cli("qat", "lvt", "--data", str(one), "--target", "executorch")
+    assert single.returncode == 2 and "1 class subfolder" in single.stderr
+    (one / "1").mkdir()
+    (one / "2").mkdir()
+    empty = run_cli("qat", "lvt", "--data", str(one), "--target", "executorch")
+    assert empty.returncode == 2 and "has no images" in empty.stderr
+    onnx = run_cli("qat", "lvt", "--data", str(small / "train"), "--target", "onnx")
+    assert onnx.returncode == 2 and "QAT targets" in onnx.stderr
+    for result in (missing, single, empty, onnx):
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_qat_trains_checkpoints_resumes_and_exports(tmp_path, small):
+    args = ["qat", "lvt", "--data", str(small / "train"), "--val", str(small / "val"), "--target", "executorch"]
+    args += ["--input-size", "64", "--batch-size", "12", "--output-dir", str(tmp_path), "--json"]
+    first = run_cli(*args, "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    manifest = json.loads(first.stdout)
+    qat = manifest["quantization"]["qat"]
+    assert [h["epoch"] for h in qat["history"]] == [1] and qat["classes"] == ["0", "1", "2"]
+    assert manifest["numerics"]["reference"].startswith("the QAT-trained model")
+    assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["gates"]["passed"]
+    assert manifest["output"]["shape"] == [1, 3] and manifest["labels"] == ["0", "1", "2"]
+    assert 0.0 <= qat["val_accuracy_artifact"] <= 1.0
+    checkpoint = tmp_path / "lvt-executorch-xnnpack-int8.qat.pt"
+    assert checkpoint.exists()
+
+    # a second run with more epochs resumes after epoch 1 instead of starting over
+    second = run_cli(*args, "--epochs", "2", "--force")
+    assert second.returncode == 0, second.stderr
+    history = json.loads(second.stdout)["quantization"]["qat"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and history[0] == qat["history"][0]
+
+    # another run's checkpoint is refused, not silently reused
+    other = QATRun("lvt", "executorch", "executorch-xnnpack-int8", 96, ["0", "1", "2"])
+    with pytest.raises(EdgevitError, match="checkpoint of another run"):
+        load_checkpoint(checkpoint, other)
+
+
+def test_ctrl_c_keeps_the_last_good_checkpoint(tmp_path, small):
+    checkpoint = tmp_path / "run.qat.pt"
+    cmd = [*EDGEVIT, "qat", "lvt", "--data", str(small / "train"), "--target", "executorch", "--input-size", "64"]
+    cmd += ["--batch-size", "4", "--epochs", "50", "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert checkpoint.exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and "last good checkpoint is" in stderr and "rerun to resume" in stderr
+    state = torch.load(checkpoint, weights_only=False)
+    assert state["epoch"] >= 1 and len(state["history"]) == state["epoch"]
+    assert not list(tmp_path.glob("*.pte"))  # nothing exported from an interrupted run
