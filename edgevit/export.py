@@ -121,11 +121,13 @@ def export_model(
     on_step: Step | None = None,
     quantize_request: QuantizeRequest | None = None,
     prebuilt: Prebuilt | None = None,
+    sensitivity: bool = True,
 ) -> ExportResult:
     """Export ``model_name`` for ``target``; writes ``<model>-<recipe><suffix>`` and its manifest atomically.
 
     ``labels`` (one per class) go into the manifest, and make a Core ML export a classifier; ``image_input``
     gives a Core ML export an image input with the normalisation inside.
+    ``sensitivity`` runs the per-block report when an int8 artifact misses its SQNR gate.
     ``prebuilt`` hands in a model and its already-quantized deploy form (QAT) instead of building them.
     Raises :class:`EdgevitError` for bad input and :class:`GateError` when the artifact misses a gate (then
     nothing is written, unless ``allow_gate_failures``).
@@ -209,7 +211,14 @@ def export_model(
         gated = numerics if "skipped" not in numerics else numerics.get("simulated")
         failures = check_gates(exported.audit, gated, chosen.gates, chosen.name)
         threshold = chosen.gates.min_sqnr_db
-        if plan and plan.requantize and gated and threshold is not None and gated["sqnr_db"] < threshold:
+        if (
+            sensitivity
+            and plan
+            and plan.requantize
+            and gated
+            and threshold is not None
+            and gated["sqnr_db"] < threshold
+        ):
             step("find the blocks that cost the most SQNR")
             report = sensitivity_report(
                 plan.requantize, list(candidate_blocks(deploy)), photos, reference, threshold, step
