@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= artifacts
 
-.PHONY: install demo test bench lint clean android-runner
+.PHONY: install demo test bench accuracy lint clean android-runner
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_lvt.py --rounds 5 --runs 30 --write-readme
 	$(BIN)/python benchmarks/bench_fold.py --rounds 3 --write-readme
 	$(BIN)/python benchmarks/bench_int8.py --rounds 3 --runs 30 --write-readme
+
+# LVT trained on the offline digits set: fp32, PTQ and QAT accuracy per target (about half an hour)
+accuracy: $(STAMP)
+	$(BIN)/python benchmarks/accuracy.py --write-readme
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgevit tests benchmarks
