@@ -70,6 +70,12 @@ def _target_module(target: str):
         raise EdgevitError(f"target '{target}' has no exporter yet") from None
 
 
+def output_paths(model_name: str, recipe: Recipe, out_dir: Path) -> tuple[Path, Path]:
+    """Where an export writes its artifact and manifest."""
+    stem = f"{model_name}-{recipe.name}"
+    return out_dir / f"{stem}{_target_module(recipe.target).SUFFIX}", out_dir / f"{stem}.manifest.json"
+
+
 def resolve_recipe(target: str, recipe: str | None) -> Recipe:
     chosen = default_recipe(target) if recipe is None else get_recipe(recipe)
     if chosen.target != target:
@@ -149,8 +155,7 @@ def export_model(
     check_input_size(model_name, size)
     out_dir = Path(output_dir)
     stem = f"{model_name}-{chosen.name}"
-    artifact = out_dir / f"{stem}{module.SUFFIX}"
-    manifest_path = out_dir / f"{stem}.manifest.json"
+    artifact, manifest_path = output_paths(model_name, chosen, out_dir)
     refuse_overwrite([artifact, manifest_path], force)
     check_writable_dir(out_dir)
     photo_paths = image_paths(images)[:num_images]

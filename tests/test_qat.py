@@ -86,6 +86,10 @@ def test_qat_trains_checkpoints_resumes_and_exports(tmp_path, small):
     assert second.returncode == 0, second.stderr
     history = json.loads(second.stdout)["quantization"]["qat"]["history"]
     assert [h["epoch"] for h in history] == [1, 2] and history[0] == qat["history"][0]
+    assert json.loads(second.stdout)["weights"]["checkpoint"] == str(checkpoint)
+    # without --force an existing artifact stops the run before any training
+    third = run_cli(*args, "--epochs", "3")
+    assert third.returncode == 2 and "--force" in third.stderr and "epoch 3" not in third.stderr
 
     # another run's checkpoint is refused, not silently reused
     other = QATRun("lvt", "executorch", "executorch-xnnpack-int8", 96, ["0", "1", "2"])

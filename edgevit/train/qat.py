@@ -184,7 +184,8 @@ def qat_export(
     on_step: Callable[[str], None] = lambda _: None,
 ):
     """QAT of ``model_name`` on an image folder for ``target``'s int8 recipe, then the gated export."""
-    from ..export import Prebuilt, export_model, resolve_recipe
+    from ..export import Prebuilt, export_model, output_paths, resolve_recipe
+    from ..fileio import refuse_overwrite
     from ..lowering import lower
     from ..models import check_input_size, create_model, get_entry
     from ..quant.pt2e import quant_options
@@ -203,6 +204,7 @@ def qat_export(
     if epochs < 1:
         raise EdgevitError(f"--epochs must be at least 1, got {epochs}")
     checkpoint = Path(checkpoint or Path(output_dir) / f"{model_name}-{chosen.name}.qat.pt")
+    refuse_overwrite(list(output_paths(model_name, chosen, Path(output_dir))), force)  # before, not after, training
 
     def loading(done: int, total: int) -> None:
         on_step(f"load images {done}/{total}")
@@ -246,7 +248,7 @@ def qat_export(
         model_name,
         target,
         chosen.name,
-        checkpoint=None,
+        checkpoint=checkpoint,  # the manifest records the QAT checkpoint and its sha256
         input_size=size,
         output_dir=output_dir,
         force=force,
