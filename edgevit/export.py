@@ -34,7 +34,7 @@ from .numerics import compare
 from .quant.calibration import checked_calibration_paths
 from .quant.flow import QuantizedDeploy, QuantizeRequest, compare_with_fp32, quantize_for_export
 from .quant.pt2e import quant_options
-from .quant.sensitivity import candidate_blocks, describe_fix, sensitivity_report
+from .quant.sensitivity import candidate_blocks, describe_fix, sensitivity_report, simulate
 from .recipe import Recipe, default_recipe, get_recipe
 from .runtime import host_cannot_run, open_runner
 from .targets.audit import check_gates, raise_on_failures
@@ -268,13 +268,6 @@ def export_model(
     finally:
         remove_path(tmp)
     return ExportResult(artifact, manifest_path, manifest)
-
-
-def simulate(quantized: torch.nn.Module, photos: torch.Tensor, reference: np.ndarray) -> dict[str, Any]:
-    """The quantized graph run by PyTorch's reference int8 kernels on the photos, against the fp32 reference."""
-    with torch.no_grad():
-        outputs = torch.cat([quantized(photos[i : i + 1]) for i in range(len(photos))])
-    return {**compare(reference, outputs.numpy()), "runtime": "PyTorch simulation of the quantized graph"}
 
 
 def verify_numerics(path: Path, reference: np.ndarray, inputs: np.ndarray, spec: InputSpec) -> dict[str, Any]:
