@@ -1,9 +1,11 @@
-"""The accuracy table: LVT trained at 64x64 on scikit-learn's handwritten digits (offline, real scans), then
-fp32, PTQ int8 and QAT int8 top-1 on the held-out split, each measured in the target's own runtime.
+"""The accuracy table: each model trained at 64x64 on scikit-learn's handwritten digits (offline, real scans),
+then fp32, PTQ int8 and QAT int8 top-1 on the held-out split, each measured in the target's own runtime.
 
-Steps: write the digits as class folders; train the fp32 training form; export fp32 and PTQ int8 per target
-(calibrated on training images); QAT from the fp32 weights per target; score every artifact on val/.
-Results go to benchmarks/results/accuracy.json and, with --write-readme, into README.md (bench:accuracy).
+Steps per model: write the digits as class folders; train the fp32 training form; export fp32 and PTQ int8 per
+target (calibrated on training images); QAT from the fp32 weights per target; score every artifact on val/.
+Every model sees the same split, seed, epochs and input size. Results are merged per model into
+benchmarks/results/accuracy.json (so one model can be re-measured alone) and, with --write-readme, the table of
+every measured model goes into README.md (bench:accuracy).
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def train_fp32(train, val, epochs: int, batch: int, lr: float) -> tuple[Path, list[dict]]:
+def train_fp32(model_name: str, train, val, epochs: int, batch: int, lr: float) -> tuple[Path, list[dict]]:
     from edgevit.models import create_model
     from edgevit.train.loop import accuracy, train_epoch
 
     torch.manual_seed(SEED)
-    model = create_model("lvt", num_classes=len(train.classes))
+    model = create_model(model_name, input_size=SIZE, num_classes=len(train.classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     generator = torch.Generator().manual_seed(SEED)
@@ -50,47 +52,37 @@ def train_fp32(train, val, epochs: int, batch: int, lr: float) -> tuple[Path, li
         schedule.step()
         model.eval()
         history.append({"epoch": epoch + 1, "loss": round(loss, 4), "val": accuracy(model, val.images, val.labels)})
-        log(f"fp32 epoch {epoch + 1}/{epochs}: loss {loss:.3f}, val {history[-1]['val']:.1%}")
-    path = OUT / "lvt-digits-fp32.pth"
+        log(f"{model_name} fp32 epoch {epoch + 1}/{epochs}: loss {loss:.3f}, val {history[-1]['val']:.1%}")
+    path = OUT / f"{model_name}-digits-fp32.pth"
     torch.save(model.state_dict(), path)
     return path, history
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=15, help="fp32 training epochs")
-    parser.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs, from the fp32 weights")
-    parser.add_argument("--write-readme", action="store_true")
-    args = parser.parse_args()
-
+def measure(model_name: str, data: Path, epochs: int, qat_epochs: int) -> dict:
+    """fp32 training, then fp32 / PTQ / QAT top-1 per target for one model."""
     from edgevit.export import export_model
     from edgevit.models import get_entry
     from edgevit.quant.flow import QuantizeRequest
-    from edgevit.train.digits import write_digits
     from edgevit.train.folder import load_labelled
     from edgevit.train.qat import artifact_accuracy, qat_export
 
-    OUT.mkdir(parents=True, exist_ok=True)
-    data = OUT / "digits"
-    if not data.exists():
-        write_digits(data, SIZE)
-    spec = get_entry("lvt").input_spec
+    spec = get_entry(model_name).input_spec
     train = load_labelled(data / "train", spec, SIZE)
     val = load_labelled(data / "val", spec, SIZE, train.classes)
-    checkpoint, history = train_fp32(train, val, args.epochs, batch=32, lr=1e-3)
-
+    checkpoint, history = train_fp32(model_name, train, val, epochs, batch=32, lr=1e-3)
+    out = OUT / model_name
     rows = {}
     for target, (fp32_recipe, int8_recipe) in TARGETS.items():
         row = {}
         for kind, recipe in (("fp32", fp32_recipe), ("ptq", int8_recipe)):
-            log(f"{target}: export {recipe}")
+            log(f"{model_name} {target}: export {recipe}")
             result = export_model(
-                "lvt",
+                model_name,
                 target,
                 recipe,
                 checkpoint=checkpoint,
                 input_size=SIZE,
-                output_dir=OUT,
+                output_dir=out,
                 force=True,
                 images=data / "val" / "0",
                 labels=train.classes,
@@ -98,45 +90,60 @@ def main() -> None:
             )
             row[kind] = artifact_accuracy(result.artifact, val)
         if target != "onnx":
-            log(f"{target}: QAT")
+            log(f"{model_name} {target}: QAT")
             result, _ = qat_export(
-                "lvt",
+                model_name,
                 data / "train",
                 target,
                 int8_recipe,
-                args.qat_epochs,
-                OUT / f"{target}.qat.pt",
+                qat_epochs,
+                out / f"{target}.qat.pt",
                 checkpoint,
                 data / "val",
                 SIZE,
-                output_dir=OUT,
+                output_dir=out,
                 force=True,
             )
             row["qat"] = result.manifest["quantization"]["qat"]["val_accuracy_artifact"]
         rows[target] = row
-        log(f"{target}: {row}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "fp32_training": history,
-                "targets": rows,
-                "epochs": args.epochs,
-                "qat_epochs": args.qat_epochs,
-                "size": SIZE,
-            },
-            indent=2,
-        )
+        log(f"{model_name} {target}: {row}")
+    return {"fp32_training": history, "targets": rows, "epochs": epochs, "qat_epochs": qat_epochs, "size": SIZE}
+
+
+def table(models: dict) -> str:
+    lines = ["| model | target | fp32 | PTQ int8 | QAT int8 |", "|---|---|---:|---:|---:|"]
+    for name, result in models.items():
+        for target, row in result["targets"].items():
+            cells = [f"{row[k]:.1%}" if row.get(k) is not None else "-" for k in ("fp32", "ptq", "qat")]
+            lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
+    first = next(iter(models.values()))
+    return "\n".join(lines) + (
+        f"\n\nAt {first['size']}x{first['size']}, trained {first['epochs']} epochs on the 1,437 training digits, "
+        f"QAT {first['qat_epochs']} epochs from those weights; top-1 on the 360 held-out digits, each artifact "
+        "in its own runtime (`benchmarks/accuracy.py`)."
     )
-    lines = ["| target | fp32 | PTQ int8 | QAT int8 |", "|---|---:|---:|---:|"]
-    for target, row in rows.items():
-        cells = [f"{row[k]:.1%}" if row.get(k) is not None else "-" for k in ("fp32", "ptq", "qat")]
-        lines.append(f"| {target} | " + " | ".join(cells) + " |")
-    body = "\n".join(lines) + (
-        f"\n\nLVT at {SIZE}x{SIZE}, trained {args.epochs} epochs on the 1,437 training digits, QAT {args.qat_epochs} "
-        "epochs from those weights; top-1 on the 360 held-out digits, each artifact in its own runtime "
-        "(`benchmarks/accuracy.py`)."
-    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["lvt"], help="models to train and measure")
+    parser.add_argument("--epochs", type=int, default=15, help="fp32 training epochs")
+    parser.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs, from the fp32 weights")
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+
+    from edgevit.train.digits import write_digits
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    data = OUT / "digits"
+    if not data.exists():
+        write_digits(data, SIZE)
+    saved = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
+    for name in args.models:
+        saved[name] = measure(name, data, args.epochs, args.qat_epochs)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({"models": saved}, indent=2))
+    body = table(saved)
     print(body)
     if args.write_readme:
         write_section("accuracy", body)

@@ -165,7 +165,7 @@ def export_model(
 
     step("build model")
     torch.manual_seed(seed)
-    model = prebuilt.reference if prebuilt else create_model(model_name, checkpoint).eval()
+    model = prebuilt.reference if prebuilt else create_model(model_name, checkpoint, input_size=size).eval()
     photos = load_images(images, entry.input_spec, size, limit=num_images)
     with torch.no_grad():
         reference = model(photos).numpy()
@@ -354,7 +354,7 @@ def model_stats(model_name: str, size: int | None = None) -> dict[str, Any]:
 
     entry = get_entry(model_name)
     size = size or entry.input_spec.size
-    model = create_model(model_name).eval()
+    model = create_model(model_name, input_size=size).eval()
     params = sum(p.numel() for p in model.parameters())
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(entry.input_spec.shape(size)))

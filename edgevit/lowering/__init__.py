@@ -12,8 +12,10 @@ from torch import nn
 
 from ..errors import EdgevitError
 from ..models.lvt import LVT
+from ..models.mmvit import MMViT
 from .lvt import DeployLVT
 from .lvt_channels_first import ChannelsFirstLVT
+from .mmvit import DeployMMViT
 from .passes import native_layer_norm
 
 # the passes that adapt the shared deploy form to each target, in order
@@ -28,10 +30,12 @@ TARGETS = tuple(TARGET_PASSES)
 # model class -> builder of its deploy form; targets share the form until one needs its own
 _LOWERINGS: dict[type, Callable[[nn.Module], nn.Module]] = {
     LVT: DeployLVT.from_module,
+    MMViT: DeployMMViT.from_module,
 }
 # (model class, target) -> a form of its own for that target
 _TARGET_LOWERINGS: dict[tuple[type, str], Callable[[nn.Module], nn.Module]] = {
     (LVT, "coreml"): ChannelsFirstLVT.from_module,  # NCHW throughout: no transposes on the Neural Engine
+    (MMViT, "coreml"): lambda m: native_layer_norm(DeployMMViT.from_module(m)),  # Core ML fuses layer_norm
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from .lvt import LVT, LVT_CONFIGS, LVTConfig, checkpoint_filter_fn
+from .mmvit import MMVIT_CONFIGS, MMViT, MMViTConfig, mmvit_filter_fn
 from .registry import (
     InputSpec,
     ModelEntry,
@@ -42,9 +43,32 @@ register_model(
     )
 )
 
+
+def _build_mmvit(name: str, num_classes: int | None = None, features_only: bool = False, img_size: int = 224) -> MMViT:
+    from dataclasses import replace
+
+    cfg = replace(MMVIT_CONFIGS[name], img_size=(img_size, img_size))
+    if num_classes is not None:
+        cfg = replace(cfg, num_classes=num_classes)
+    return MMViT(cfg, features_only=features_only)
+
+
+for _name, _what in (("mmvit_xs", "2.0M"), ("mmvit_s", "5.2M")):
+    register_model(
+        ModelEntry(
+            _name,
+            partial(_build_mmvit, _name),
+            description=f"MMViT, two overlapping conv views, cross-view attention per stage ({_what} params)",
+            filter_fn=mmvit_filter_fn,
+            sized=True,
+        )
+    )
+
 __all__ = [
     "LVT",
     "LVTConfig",
+    "MMViT",
+    "MMViTConfig",
     "InputSpec",
     "ModelEntry",
     "check_input_size",

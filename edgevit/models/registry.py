@@ -42,6 +42,8 @@ class ModelEntry:
     input_spec: InputSpec = field(default_factory=InputSpec)
     description: str = ""
     filter_fn: Callable | None = None
+    # the builder takes ``img_size``: position embeddings are learned for one input grid
+    sized: bool = False
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -75,12 +77,16 @@ def check_input_size(name: str, size: int) -> None:
         )
 
 
-def create_model(name: str, checkpoint: str | Path | None = None, **kwargs) -> nn.Module:
+def create_model(name: str, checkpoint: str | Path | None = None, input_size: int | None = None, **kwargs) -> nn.Module:
     """Build a registered model in its training form, optionally loading a checkpoint (strict keys).
 
-    A fine-tuned checkpoint sets the number of classes from its classifier (``head.weight``).
+    A fine-tuned checkpoint sets the number of classes from its classifier (``head.weight``). ``input_size``
+    builds a model with position embeddings is built for that size (a checkpoint's are resized to it); other
+    models run at any size and ignore it.
     """
     entry = get_entry(name)
+    if entry.sized:
+        kwargs["img_size"] = input_size or entry.input_spec.size
     if checkpoint is None:
         return entry.builder(**kwargs)
     state = read_state_dict(checkpoint)

@@ -212,7 +212,7 @@ def qat_export(
     train = load_labelled(data, entry.input_spec, size, progress=loading)
     held_out = load_labelled(val, entry.input_spec, size, train.classes, loading) if val else None
     torch.manual_seed(seed)
-    model = create_model(model_name, init, num_classes=len(train.classes)).eval()
+    model = create_model(model_name, init, input_size=size, num_classes=len(train.classes)).eval()
     run = QATRun(model_name, target, chosen.name, size, train.classes)
     on_step("prepare QAT")
     deploy = lower(model, chosen.options.get("lowering", target))

@@ -1,0 +1,303 @@
+"""Deploy form of MMViT: the same function as ``edgevit.models.mmvit`` in mobile-delegated ops.
+
+Tokens stay (B, N, C) with every head side by side in C. Rules kept here: static shapes (grids and token
+counts are fixed when the form is built), rank <= 4, attention as 3-D ``bmm`` on (B*heads, N, d), no
+gather/scatter, LayerNorm as Linear reductions, the CLS token split off by slices (never ``select``).
+
+The rewrites, each exact up to fp32 rounding:
+- Q/K/V pooling runs on all heads at once: one depthwise conv whose kernel is the shared per-head kernel
+  tiled over heads, then a per-head LayerNorm on (B, N*heads, d);
+- the softmax scale is folded into K's pooling LayerNorm (or K's projection when K is not pooled), so the
+  residual pooling still adds the unscaled Q;
+- cross-attention runs each view's queries against the views' concatenated keys and values: attention is
+  row-wise, so this equals the joint attention over concatenated queries followed by a split, with no
+  concatenation of queries and no split;
+- dead view computation is removed: the head reads view 1's CLS token only, so every block of the other
+  views after the last cross-attention is dropped, the last cross-attention computes view 1's queries
+  only, and the final block computes its attention and MLP for the CLS token alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import mmvit as train
+from .ops import LinearLayerNorm
+from .weights import linear_from
+
+__all__ = ["DeployMMViT"]
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, N, heads*d) -> (B*heads, N, d)."""
+    B, N, C = x.shape
+    if heads == 1:
+        return x
+    return x.reshape(B, N, heads, C // heads).permute(0, 2, 1, 3).reshape(B * heads, N, C // heads)
+
+
+def _merge_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B*heads, N, d) -> (B, N, heads*d)."""
+    if heads == 1:
+        return x
+    BH, N, d = x.shape
+    return x.reshape(BH // heads, heads, N, d).permute(0, 2, 1, 3).reshape(BH // heads, N, heads * d)
+
+
+def _tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    B, _, C = x.shape
+    return x.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2)
+
+
+def _map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    B, C, _, _ = x.shape
+    return x.reshape(B, C, -1).transpose(1, 2)
+
+
+class DeployPool(nn.Module):
+    """:class:`models.mmvit.Pool` on (B, [1 +] H*W, heads*d) tokens, every head in one depthwise conv."""
+
+    def __init__(self, pool: train.Pool, heads: int, grid: tuple[int, int], has_cls: bool, scale: float = 1.0):
+        super().__init__()
+        conv = pool.conv
+        d = conv.in_channels
+        self.heads, self.grid, self.has_cls = heads, grid, has_cls
+        self.conv = nn.Conv2d(
+            d * heads, d * heads, conv.kernel_size, conv.stride, conv.padding, groups=d * heads, bias=False
+        )
+        self.conv.weight.copy_(conv.weight.repeat(heads, 1, 1, 1))
+        norm = pool.norm
+        self.norm = LinearLayerNorm(d, norm.eps, norm.weight * scale, norm.bias * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = x[:, :1] if self.has_cls else None
+        spatial = x[:, 1:] if self.has_cls else x
+        x = _map_to_tokens(self.conv(_tokens_to_map(spatial, self.grid)))
+        if cls is not None:
+            x = torch.cat([cls, x], dim=1)
+        B, N, C = x.shape
+        return self.norm(x.reshape(B, N * self.heads, C // self.heads)).reshape(B, N, C)
+
+
+class DeployViewAttention(nn.Module):
+    """One view's Q/K/V projections and poolings, from a training :class:`PoolingAttention` (view ``i``)."""
+
+    def __init__(self, m: train.PoolingAttention, view: int, grid: tuple[int, int], has_cls: bool) -> None:
+        super().__init__()
+        C, heads = m.proj.in_features, m.num_heads
+        w, b = m.qkv.weight, m.qkv.bias if m.qkv.bias is not None else torch.zeros(3 * C)
+        pool_k = m.pool_k[view]
+        k_scale = 1.0 if isinstance(pool_k, train.Pool) else m.scale  # fold the softmax scale into K
+        self.q = linear_from(w[:C], b[:C])
+        self.k = linear_from(w[C : 2 * C] * k_scale, b[C : 2 * C] * k_scale)
+        self.v = linear_from(w[2 * C :], b[2 * C :])
+
+        def pool(p: nn.Module, scale: float = 1.0) -> nn.Module:
+            return DeployPool(p, heads, grid, has_cls, scale) if isinstance(p, train.Pool) else nn.Identity()
+
+        self.pool_q = pool(m.pool_q[view])
+        self.pool_k = pool(pool_k, m.scale)
+        self.pool_v = pool(m.pool_v[view])
+
+    def forward(self, x: torch.Tensor, queries: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        q = self.pool_q(self.q(x)) if queries else None
+        return q, self.pool_k(self.k(x)), self.pool_v(self.v(x))
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, residual: bool) -> torch.Tensor:
+    """softmax(q k^T) v [+ q] per head; q, k, v are (B, N, heads*d) with the scale already in k."""
+    qh, kh, vh = _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
+    out = torch.bmm(torch.bmm(qh, kh.transpose(1, 2)).softmax(dim=-1), vh)
+    if residual:
+        out = out + qh
+    return _merge_heads(out, heads)
+
+
+class DeployMlp(nn.Module):
+    def __init__(self, m: train.Mlp) -> None:
+        super().__init__()
+        self.fc1 = linear_from(m.fc1.weight, m.fc1.bias)
+        self.fc2 = linear_from(m.fc2.weight, m.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class DeployShortcutPool(nn.Module):
+    """The max-pooled residual of a Q-strided block, CLS passed through by slices."""
+
+    def __init__(self, stride: int, grid: tuple[int, int], has_cls: bool) -> None:
+        super().__init__()
+        self.kernel, self.padding = train.pool_geometry(stride)
+        self.stride, self.grid, self.has_cls = stride, grid, has_cls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x[:, 1:] if self.has_cls else x
+        pooled = F.max_pool2d(_tokens_to_map(spatial, self.grid), self.kernel, self.stride, self.padding)
+        pooled = _map_to_tokens(pooled)
+        return torch.cat([x[:, :1], pooled], dim=1) if self.has_cls else pooled
+
+
+class DeploySelfBlock(nn.Module):
+    """:class:`models.mmvit.SelfBlock` for one view at a fixed input grid.
+
+    ``cls_only``: the block's output is read only at the CLS token (the last block before the head), so its
+    queries, residuals and MLP run for that one token; keys and values still come from every token.
+    """
+
+    def __init__(self, m: train.SelfBlock, grid: tuple[int, int], has_cls: bool, cls_only: bool = False) -> None:
+        super().__init__()
+        if cls_only and (m.q_stride > 1 or not has_cls):
+            raise ValueError("cls_only needs a block with a CLS token and no Q pooling")
+        self.heads = m.attn.num_heads
+        self.residual = m.attn.residual_pooling
+        self.cls_only = cls_only
+        self.norm1 = LinearLayerNorm.from_module(m.norm1)
+        self.shortcut_proj = (
+            None if m.shortcut_proj is None else linear_from(m.shortcut_proj.weight, m.shortcut_proj.bias)
+        )
+        self.shortcut_pool = DeployShortcutPool(m.q_stride, grid, has_cls) if m.q_stride > 1 else nn.Identity()
+        self.qkv = DeployViewAttention(m.attn, 0, grid, has_cls)
+        self.proj = linear_from(m.attn.proj.weight, m.attn.proj.bias)
+        self.norm2 = LinearLayerNorm.from_module(m.norm2)
+        self.mlp = DeployMlp(m.mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_norm = self.norm1(x)
+        shortcut = x if self.shortcut_proj is None else self.shortcut_proj(x_norm)
+        shortcut = self.shortcut_pool(shortcut)
+        q, k, v = self.qkv(x_norm)
+        if self.cls_only:
+            q, shortcut = q[:, :1], shortcut[:, :1]
+        x = shortcut + self.proj(_attend(q, k, v, self.heads, self.residual))
+        return x + self.mlp(self.norm2(x))
+
+
+class DeployCrossBlock(nn.Module):
+    """:class:`models.mmvit.CrossBlock`: each view's queries against all views' keys and values.
+
+    ``live_views``: the views whose output is used downstream; the others still give keys and values.
+    """
+
+    def __init__(self, m: train.CrossBlock, grids: list, has_cls: list, live_views: list[int]) -> None:
+        super().__init__()
+        self.heads = m.attn.num_heads
+        self.residual = m.attn.residual_pooling
+        self.live_views = list(live_views)
+        self.norm1 = LinearLayerNorm.from_module(m.norm1)
+        self.views = nn.ModuleList(
+            DeployViewAttention(m.attn, i, g, c) for i, (g, c) in enumerate(zip(grids, has_cls, strict=True))
+        )
+        self.proj = linear_from(m.attn.proj.weight, m.attn.proj.bias)
+        self.norm2 = LinearLayerNorm.from_module(m.norm2)
+        self.mlp = DeployMlp(m.mlp)
+
+    def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        projected = [
+            att(self.norm1(x), queries=i in self.live_views)
+            for i, (att, x) in enumerate(zip(self.views, views, strict=True))
+        ]
+        k = torch.cat([k for _, k, _ in projected], dim=1)
+        v = torch.cat([v for _, _, v in projected], dim=1)
+        outs: list[torch.Tensor | None] = []
+        for i, x in enumerate(views):
+            if i not in self.live_views:
+                outs.append(None)
+                continue
+            x = x + self.proj(_attend(projected[i][0], k, v, self.heads, self.residual))
+            outs.append(x + self.mlp(self.norm2(x)))
+        return outs
+
+
+class DeployMMViT(nn.Module):
+    """The MMViT classifier for one input size: NCHW image in, logits out."""
+
+    def __init__(self, model: train.MMViT) -> None:
+        super().__init__()
+        if model.features_only:
+            raise ValueError("lowering supports the classifier; build the model without features_only")
+        cfg = model.cfg
+        self.stems = nn.ModuleList(DeployStem(stem) for stem in model.stems)
+        grids = [stem.grid for stem in model.stems]
+        has_cls = [stem.cls_token is not None for stem in model.stems]
+        last_cross = max(i for i, stage in enumerate(model.stages) if hasattr(stage, "cross"))
+        # (kind, view or None, module) in execution order; views other than 0 die after the last cross
+        self.steps = nn.ModuleList()
+        self.plan: list[tuple[str, int | None]] = []
+
+        def add_self(blocks: nn.ModuleList, live: list[int], last: bool = False) -> None:
+            for v in live:
+                block = DeploySelfBlock(blocks[v], grids[v], has_cls[v], cls_only=last and v == 0)
+                grids[v] = self._out_grid(blocks[v], grids[v])
+                self.steps.append(block)
+                self.plan.append(("self", v))
+
+        all_views = list(range(cfg.num_views))
+        for s, stage in enumerate(model.stages):
+            live = all_views if s <= last_cross else [0]
+            for j, per_view in enumerate(stage.blocks):
+                final = s > last_cross and j == len(stage.blocks) - 1
+                add_self(per_view, live, last=final)
+            if hasattr(stage, "cross"):
+                cross_live = all_views if s < last_cross else [0]
+                self.steps.append(DeployCrossBlock(stage.cross, list(grids), has_cls, cross_live))
+                self.plan.append(("cross", None))
+                add_self(stage.scale, cross_live)
+        self.norm = LinearLayerNorm.from_module(model.norm)
+        self.head = linear_from(model.head.weight, model.head.bias)
+
+    @staticmethod
+    def _out_grid(block: train.SelfBlock, grid: tuple[int, int]) -> tuple[int, int]:
+        if block.q_stride == 1:
+            return grid
+        kernel, padding = train.pool_geometry(block.q_stride)
+        return tuple(train._conv_out(n, kernel, block.q_stride, padding) for n in grid)
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, model: train.MMViT) -> DeployMMViT:
+        return cls(model).eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        views: list[torch.Tensor | None] = [stem(image) for stem in self.stems]
+        for (kind, view), step in zip(self.plan, self.steps, strict=True):
+            if kind == "self":
+                views[view] = step(views[view])
+            else:
+                views = step(views)
+        cls = views[0] if views[0].shape[1] == 1 else views[0][:, :1]  # a full slice would be an alias op
+        B, _, C = cls.shape
+        return self.head(self.norm(cls).reshape(B, C))
+
+
+class DeployStem(nn.Module):
+    """Conv patch embedding of one view, plus its position embedding (and view 1's CLS) for one grid."""
+
+    def __init__(self, stem: train.ViewStem) -> None:
+        super().__init__()
+        conv = stem.proj
+        self.proj = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+        self.proj.load_state_dict(conv.state_dict())
+        self.grid = stem.grid
+        pos = stem.pos_embed.detach().clone()
+        self.has_cls = stem.cls_token is not None
+        if self.has_cls:  # the CLS token enters with its position already added
+            self.cls_token = nn.Parameter(stem.cls_token.detach() + pos[:, :1])
+            pos = pos[:, 1:]
+        self.pos_embed = nn.Parameter(pos)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.proj(image)
+        if (x.shape[2], x.shape[3]) != self.grid:
+            raise ValueError(
+                f"this deploy form is built for a {self.grid} token grid, got {tuple(x.shape[2:])}; "
+                "build the model at the export input size"
+            )
+        x = _map_to_tokens(x) + self.pos_embed
+        if not self.has_cls:
+            return x
+        # expand has no XNNPACK node; at batch 1 (every export) the token is used as it is
+        cls = self.cls_token if x.shape[0] == 1 else self.cls_token.expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1)
