@@ -335,6 +335,8 @@ def main() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+        # the Core ML trace freezes shape checks on purpose: deploy forms are built for one input size
+        warnings.filterwarnings("ignore", message="Converting a tensor to a Python boolean")
         logging.getLogger("torchao").setLevel(logging.ERROR)  # optional CUDA kernels it cannot load
         logging.getLogger("coremltools").setLevel(logging.ERROR)  # macOS-only proxies missing elsewhere
         # "torchvision is not installed" once per torchvision op, from the ONNX exporter's registry

@@ -16,6 +16,7 @@ from ..models.mmvit import MMViT
 from .lvt import DeployLVT
 from .lvt_channels_first import ChannelsFirstLVT
 from .mmvit import DeployMMViT
+from .mmvit_channels_first import ChannelsFirstMMViT
 from .passes import native_layer_norm
 
 # the passes that adapt the shared deploy form to each target, in order
@@ -35,7 +36,7 @@ _LOWERINGS: dict[type, Callable[[nn.Module], nn.Module]] = {
 # (model class, target) -> a form of its own for that target
 _TARGET_LOWERINGS: dict[tuple[type, str], Callable[[nn.Module], nn.Module]] = {
     (LVT, "coreml"): ChannelsFirstLVT.from_module,  # NCHW throughout: no transposes on the Neural Engine
-    (MMViT, "coreml"): lambda m: native_layer_norm(DeployMMViT.from_module(m)),  # Core ML fuses layer_norm
+    (MMViT, "coreml"): ChannelsFirstMMViT.from_module,
 }
 
 

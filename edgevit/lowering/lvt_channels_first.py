@@ -13,20 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import lvt as train
-from .ops import ChannelLayerNorm, fold_k3s2p1_nchw
+from .ops import ChannelLayerNorm, attend_channels_first, fold_k3s2p1_nchw
 from .weights import class_block_weights, conv1x1_from, conv_copy, linear_from
 
 __all__ = ["ChannelsFirstLVT", "ChannelsFirstCSA", "ChannelsFirstRASA", "ChannelsFirstClassBlock"]
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention on channels-first heads: q (G, d, N), k and v (G, d, M) -> (G, d, N).
-
-    Scores are laid out keys x queries and normalised over the keys (dim 1), so the values multiply
-    them as they are; only k is transposed, and the converter folds that into the matmul.
-    """
-    weights = torch.matmul(k.transpose(1, 2), q).softmax(dim=1)  # G, M, N
-    return torch.matmul(v, weights)
 
 
 class ChannelsFirstCSA(nn.Module):
@@ -115,7 +105,7 @@ class ChannelsFirstRASA(nn.Module):
         kv_in = self.reduce(x)
         k = self.k(kv_in).reshape(G, d, -1)
         v = self.v(kv_in).reshape(G, d, -1)
-        return self.proj(_attend(q.reshape(G, d, H * W), k, v).reshape(B, C, H, W))
+        return self.proj(attend_channels_first(q.reshape(G, d, H * W), k, v).reshape(B, C, H, W))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recursions == 1:
@@ -179,7 +169,7 @@ class ChannelsFirstClassBlock(nn.Module):
         G, d = B * self.num_heads, C // self.num_heads
         y = self.norm1(x)
         q = self.q(y[..., :1]).reshape(G, d, 1)
-        attended = _attend(q, self.k(y).reshape(G, d, T), self.v(y).reshape(G, d, T))
+        attended = attend_channels_first(q, self.k(y).reshape(G, d, T), self.v(y).reshape(G, d, T))
         cls_tok = x[..., :1] + self.proj(attended.reshape(B, C, 1, 1))
         cls_tok = cls_tok + self.fc2(F.gelu(self.fc1(self.norm2(cls_tok))))
         return torch.cat([cls_tok, x[..., 1:]], dim=3)

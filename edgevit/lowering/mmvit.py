@@ -211,67 +211,6 @@ class DeployCrossBlock(nn.Module):
         return outs
 
 
-class DeployMMViT(nn.Module):
-    """The MMViT classifier for one input size: NCHW image in, logits out."""
-
-    def __init__(self, model: train.MMViT) -> None:
-        super().__init__()
-        if model.features_only:
-            raise ValueError("lowering supports the classifier; build the model without features_only")
-        cfg = model.cfg
-        self.stems = nn.ModuleList(DeployStem(stem) for stem in model.stems)
-        grids = [stem.grid for stem in model.stems]
-        has_cls = [stem.cls_token is not None for stem in model.stems]
-        last_cross = max(i for i, stage in enumerate(model.stages) if hasattr(stage, "cross"))
-        # (kind, view or None, module) in execution order; views other than 0 die after the last cross
-        self.steps = nn.ModuleList()
-        self.plan: list[tuple[str, int | None]] = []
-
-        def add_self(blocks: nn.ModuleList, live: list[int], last: bool = False) -> None:
-            for v in live:
-                block = DeploySelfBlock(blocks[v], grids[v], has_cls[v], cls_only=last and v == 0)
-                grids[v] = self._out_grid(blocks[v], grids[v])
-                self.steps.append(block)
-                self.plan.append(("self", v))
-
-        all_views = list(range(cfg.num_views))
-        for s, stage in enumerate(model.stages):
-            live = all_views if s <= last_cross else [0]
-            for j, per_view in enumerate(stage.blocks):
-                final = s > last_cross and j == len(stage.blocks) - 1
-                add_self(per_view, live, last=final)
-            if hasattr(stage, "cross"):
-                cross_live = all_views if s < last_cross else [0]
-                self.steps.append(DeployCrossBlock(stage.cross, list(grids), has_cls, cross_live))
-                self.plan.append(("cross", None))
-                add_self(stage.scale, cross_live)
-        self.norm = LinearLayerNorm.from_module(model.norm)
-        self.head = linear_from(model.head.weight, model.head.bias)
-
-    @staticmethod
-    def _out_grid(block: train.SelfBlock, grid: tuple[int, int]) -> tuple[int, int]:
-        if block.q_stride == 1:
-            return grid
-        kernel, padding = train.pool_geometry(block.q_stride)
-        return tuple(train._conv_out(n, kernel, block.q_stride, padding) for n in grid)
-
-    @classmethod
-    @torch.no_grad()
-    def from_module(cls, model: train.MMViT) -> DeployMMViT:
-        return cls(model).eval()
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        views: list[torch.Tensor | None] = [stem(image) for stem in self.stems]
-        for (kind, view), step in zip(self.plan, self.steps, strict=True):
-            if kind == "self":
-                views[view] = step(views[view])
-            else:
-                views = step(views)
-        cls = views[0] if views[0].shape[1] == 1 else views[0][:, :1]  # a full slice would be an alias op
-        B, _, C = cls.shape
-        return self.head(self.norm(cls).reshape(B, C))
-
-
 class DeployStem(nn.Module):
     """Conv patch embedding of one view, plus its position embedding (and view 1's CLS) for one grid."""
 
@@ -301,3 +240,78 @@ class DeployStem(nn.Module):
         # expand has no XNNPACK node; at batch 1 (every export) the token is used as it is
         cls = self.cls_token if x.shape[0] == 1 else self.cls_token.expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
+
+
+class DeployMMViT(nn.Module):
+    """The MMViT classifier for one input size: NCHW image in, logits out.
+
+    The plan (which blocks run, for which views, CLS-only at the end) is layout-free; the block classes and
+    the readout are this form's (tokens as (B, N, C)); :class:`ChannelsFirstMMViT` swaps them for Core ML.
+    """
+
+    Stem: type[nn.Module] = DeployStem
+    SelfBlock: type[nn.Module] = DeploySelfBlock
+    CrossBlock: type[nn.Module] = DeployCrossBlock
+    Norm: type[nn.Module] = LinearLayerNorm  # the final norm and the head, in this layout
+    head_from = staticmethod(linear_from)
+
+    def __init__(self, model: train.MMViT) -> None:
+        super().__init__()
+        if model.features_only:
+            raise ValueError("lowering supports the classifier; build the model without features_only")
+        cfg = model.cfg
+        self.stems = nn.ModuleList(self.Stem(stem) for stem in model.stems)
+        grids = [stem.grid for stem in model.stems]
+        has_cls = [stem.cls_token is not None for stem in model.stems]
+        last_cross = max(i for i, stage in enumerate(model.stages) if hasattr(stage, "cross"))
+        # (kind, view or None, module) in execution order; views other than 0 die after the last cross
+        self.steps = nn.ModuleList()
+        self.plan: list[tuple[str, int | None]] = []
+
+        def add_self(blocks: nn.ModuleList, live: list[int], last: bool = False) -> None:
+            for v in live:
+                block = self.SelfBlock(blocks[v], grids[v], has_cls[v], cls_only=last and v == 0)
+                grids[v] = self._out_grid(blocks[v], grids[v])
+                self.steps.append(block)
+                self.plan.append(("self", v))
+
+        all_views = list(range(cfg.num_views))
+        for s, stage in enumerate(model.stages):
+            live = all_views if s <= last_cross else [0]
+            for j, per_view in enumerate(stage.blocks):
+                final = s > last_cross and j == len(stage.blocks) - 1
+                add_self(per_view, live, last=final)
+            if hasattr(stage, "cross"):
+                cross_live = all_views if s < last_cross else [0]
+                self.steps.append(self.CrossBlock(stage.cross, list(grids), has_cls, cross_live))
+                self.plan.append(("cross", None))
+                add_self(stage.scale, cross_live)
+        self.norm = self.Norm.from_module(model.norm)
+        self.head = self.head_from(model.head.weight, model.head.bias)
+
+    @staticmethod
+    def _out_grid(block: train.SelfBlock, grid: tuple[int, int]) -> tuple[int, int]:
+        if block.q_stride == 1:
+            return grid
+        kernel, padding = train.pool_geometry(block.q_stride)
+        return tuple(train._conv_out(n, kernel, block.q_stride, padding) for n in grid)
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, model: train.MMViT) -> DeployMMViT:
+        return cls(model).eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        views: list[torch.Tensor | None] = [stem(image) for stem in self.stems]
+        for (kind, view), step in zip(self.plan, self.steps, strict=True):
+            if kind == "self":
+                views[view] = step(views[view])
+            else:
+                views = step(views)
+        return self.readout(views[0])
+
+    def readout(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits from view 1's tokens (B, N, C): the head on its normalised CLS."""
+        cls = tokens if tokens.shape[1] == 1 else tokens[:, :1]  # a full slice would be an alias op
+        B, _, C = cls.shape
+        return self.head(self.norm(cls).reshape(B, C))

@@ -21,6 +21,7 @@ __all__ = [
     "fold_k3s2p1_nchw",
     "spatial_mean_nhwc",
     "ChannelLayerNorm",
+    "attend_channels_first",
 ]
 
 
@@ -82,6 +83,16 @@ class ChannelLayerNorm(nn.Module):
         centered = x - x.mean(dim=1, keepdim=True)
         var = (centered * centered).mean(dim=1, keepdim=True)
         return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+def attend_channels_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention on channels-first heads: q (G, d, N), k and v (G, d, M) -> (G, d, N).
+
+    Scores are laid out keys x queries and normalised over the keys (dim 1), so the values multiply
+    them as they are; only k is transposed, and the Core ML converter folds that into the matmul.
+    """
+    weights = torch.matmul(k.transpose(1, 2), q).softmax(dim=1)  # G, M, N
+    return torch.matmul(v, weights)
 
 
 def linear_silu(x: torch.Tensor) -> torch.Tensor:
