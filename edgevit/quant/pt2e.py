@@ -55,9 +55,13 @@ def backend_quantizer(target: str, options: dict[str, Any], qat: bool = False):
         with native_stderr_silenced():  # TensorFlow's start-up notices
             from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
-        return PT2EQuantizer().set_global(
+        quantizer = PT2EQuantizer().set_global(
             get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic, is_qat=qat)
         )
+        # its QAT-only conv+BatchNorm patterns fail to build under this torchao (they export a function, not a
+        # module), and deploy forms hold no BatchNorm for them to match
+        quantizer.STATIC_QAT_ONLY_OPS = []
+        return quantizer
     if target == "coreml":
         if dynamic:
             raise EdgevitError("Core ML has no dynamic activation quantization; use scheme static (w8a8)")
