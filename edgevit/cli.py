@@ -93,7 +93,10 @@ def export(
     checkpoint: Annotated[
         Path | None, typer.Option(help=".pth/.pth.tar/.safetensors weights; default: random init (seed 0).")
     ] = None,
-    input_size: Annotated[int | None, typer.Option(help="Square input size, a multiple of 32.")] = None,
+    input_size: Annotated[
+        str | None,
+        typer.Option(help="Input size: one number for a square input (224) or HEIGHTxWIDTH (128x512)."),
+    ] = None,
     output_dir: Annotated[Path, typer.Option(help="Where the artifact and its manifest go.")] = Path("artifacts"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing artifact.")] = False,
     images: Annotated[
@@ -124,19 +127,20 @@ def export(
 ) -> None:
     """Export MODEL for a target: lower, (quantize,) convert, verify on real photos, gate, write artifact + manifest."""
     from .export import read_labels
-    from .models import check_input_size, get_entry
+    from .models import check_input_size, get_entry, parse_size
     from .quant.flow import QuantizeRequest
     from .recipe import DEFAULT_RECIPES, get_recipe
 
     if target is None:
         target = get_recipe(recipe).target if recipe else "executorch"
     get_entry(model)  # a bad name or size fails once, before any target is tried
-    if input_size is not None:
-        check_input_size(model, input_size)
+    size = None if input_size is None else parse_size(input_size)
+    if size is not None:
+        check_input_size(model, size)
     options = dict(
         recipe=recipe,
         checkpoint=checkpoint,
-        input_size=input_size,
+        input_size=size,
         output_dir=output_dir,
         force=force,
         images=images,

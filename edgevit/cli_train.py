@@ -44,7 +44,9 @@ def qat(
     val: Annotated[
         Path | None, typer.Option(help="Held-out images, same class subfolders: accuracy per epoch.")
     ] = None,
-    input_size: Annotated[int | None, typer.Option(help="Square input size (multiple of 32).")] = None,
+    input_size: Annotated[
+        str | None, typer.Option(help="Input size: one number (224) or HEIGHTxWIDTH (128x512).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 32,
     lr: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate.")] = 1e-4,
     output_dir: Annotated[Path, typer.Option(help="Where the artifact and manifest go.")] = Path("artifacts"),
@@ -58,6 +60,7 @@ def qat(
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .cli import _print_summary
+    from .models import parse_size
     from .train.qat import qat_export
 
     with Progress(
@@ -79,7 +82,7 @@ def qat(
             checkpoint,
             init,
             val,
-            input_size,
+            None if input_size is None else parse_size(input_size),
             batch_size,
             lr,
             output_dir,

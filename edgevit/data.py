@@ -9,7 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .errors import EdgevitError
-from .models.registry import InputSpec
+from .models.registry import InputSpec, Size, size_hw
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -50,18 +50,22 @@ def image_paths(folder: str | Path | None) -> list[Path]:
     return paths
 
 
-def preprocess(path: Path, spec: InputSpec, size: int) -> torch.Tensor:
-    """Resize the short side to size / crop_pct, centre-crop ``size``, scale to [0, 1], normalise: (1, C, S, S)."""
+def preprocess(path: Path, spec: InputSpec, size: Size) -> torch.Tensor:
+    """Resize to cover ``size`` / crop_pct, centre-crop ``size``, scale to [0, 1], normalise: (1, C, H, W).
+
+    For a square size this is the usual short-side resize; an (H, W) size scales the image just enough to
+    cover both sides, so nothing is stretched.
+    """
+    h, w = size_hw(size)
     try:
         with Image.open(path) as img:
             img = img.convert("RGB" if spec.channels == 3 else "L")
-            short = round(size / spec.crop_pct)
-            w, h = img.size
-            scale = short / min(w, h)
-            img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-            w, h = img.size
-            left, top = (w - size) // 2, (h - size) // 2
-            img = img.crop((left, top, left + size, top + size))
+            width, height = img.size
+            scale = max(round(h / spec.crop_pct) / height, round(w / spec.crop_pct) / width)
+            img = img.resize((max(w, round(width * scale)), max(h, round(height * scale))), Image.BICUBIC)
+            width, height = img.size
+            left, top = (width - w) // 2, (height - h) // 2
+            img = img.crop((left, top, left + w, top + h))
             arr = np.asarray(img, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError) as e:
         raise EdgevitError(
@@ -73,7 +77,7 @@ def preprocess(path: Path, spec: InputSpec, size: int) -> torch.Tensor:
     return torch.from_numpy(arr.transpose(2, 0, 1).copy()).unsqueeze(0)
 
 
-def load_images(folder: str | Path | None, spec: InputSpec, size: int, limit: int | None = None) -> torch.Tensor:
-    """A batch (N, C, S, S) of preprocessed real images."""
+def load_images(folder: str | Path | None, spec: InputSpec, size: Size, limit: int | None = None) -> torch.Tensor:
+    """A batch (N, C, H, W) of preprocessed real images."""
     paths = image_paths(folder)[:limit]
     return torch.cat([preprocess(p, spec, size) for p in paths])

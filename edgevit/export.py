@@ -29,7 +29,7 @@ from .fileio import (
     remove_path,
 )
 from .lowering import lower
-from .models import InputSpec, check_input_size, create_model, get_entry
+from .models import InputSpec, Size, check_input_size, create_model, get_entry, size_hw, size_text
 from .numerics import compare
 from .quant.calibration import checked_calibration_paths
 from .quant.flow import QuantizedDeploy, QuantizeRequest, compare_with_fp32, quantize_for_export
@@ -115,7 +115,7 @@ def export_model(
     target: str = "executorch",
     recipe: str | None = None,
     checkpoint: str | Path | None = None,
-    input_size: int | None = None,
+    input_size: Size | None = None,
     output_dir: str | Path = "artifacts",
     force: bool = False,
     images: str | Path | None = None,
@@ -319,7 +319,16 @@ def _output_entry(classes: int, audit: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _input_entry(spec: InputSpec, size: int, audit: dict[str, Any], image_input: bool) -> dict[str, Any]:
+def _resize_entry(spec: InputSpec, size: Size) -> dict[str, Any]:
+    """How the app resizes and crops: the short side for a square input, cover-then-crop for (H, W)."""
+    h, w = size_hw(size)
+    if h == w:
+        return {"resize_short_side": round(h / spec.crop_pct), "center_crop": h}
+    cover = [round(h / spec.crop_pct), round(w / spec.crop_pct)]
+    return {"resize_to_cover": cover, "center_crop": [h, w]}
+
+
+def _input_entry(spec: InputSpec, size: Size, audit: dict[str, Any], image_input: bool) -> dict[str, Any]:
     """What the app feeds: tensor or image, shape, layout, dtype and the exact preprocessing."""
     shape = list(spec.shape(size))
     pixels = audit.get("input_dtype") == "uint8"
@@ -332,8 +341,7 @@ def _input_entry(spec: InputSpec, size: int, audit: dict[str, Any], image_input:
         "dtype": "uint8" if pixels else spec.dtype,
         "channel_order": spec.channel_order,
         "preprocessing": {
-            "resize_short_side": round(size / spec.crop_pct),
-            "center_crop": size,
+            **_resize_entry(spec, size),
             "interpolation": spec.interpolation,
             **({"normalisation": "inside the model: (pixel / 255 - mean) / std"} if inside else {"scale": "1/255"}),
             "mean": list(spec.mean),
@@ -348,7 +356,7 @@ def _input_entry(spec: InputSpec, size: int, audit: dict[str, Any], image_input:
     return entry
 
 
-def model_stats(model_name: str, size: int | None = None) -> dict[str, Any]:
+def model_stats(model_name: str, size: Size | None = None) -> dict[str, Any]:
     """Parameters and MACs (matmul/conv multiply-adds, attention included) at the default input size."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -362,7 +370,7 @@ def model_stats(model_name: str, size: int | None = None) -> dict[str, Any]:
         "name": model_name,
         "params_m": round(params / 1e6, 3),
         "gmacs": round(counter.get_total_flops() / 2e9, 3),
-        "input_size": size,
+        "input_size": size_text(size),
         "description": entry.description,
     }
 

@@ -134,7 +134,8 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
     if checkpoint and path_sha256(Path(checkpoint)) != weights["sha256"]:
         raise EdgevitError(f"checkpoint {checkpoint} changed since export (sha256 differs); re-export the artifact")
     torch.manual_seed(int(weights.get("seed", 0)))
-    size = manifest["input"]["preprocessing"]["center_crop"]
+    crop = manifest["input"]["preprocessing"]["center_crop"]
+    size = crop if isinstance(crop, int) else tuple(crop)
     model = create_model(model_name, checkpoint, input_size=size).eval()
     photos = load_images(images, get_entry(model_name).input_spec, size, limit=num_images)
     with torch.no_grad():

@@ -222,9 +222,8 @@ class DeployStem(nn.Module):
         self.grid = stem.grid
         pos = stem.pos_embed.detach().clone()
         self.has_cls = stem.cls_token is not None
-        if self.has_cls:  # the CLS token enters with its position already added
-            self.cls_token = nn.Parameter(stem.cls_token.detach() + pos[:, :1])
-            pos = pos[:, 1:]
+        if self.has_cls:  # the CLS enters as position 0 of a zero token padded in front (no expand, any batch)
+            pos[:, :1] += stem.cls_token.detach()
         self.pos_embed = nn.Parameter(pos)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -234,12 +233,10 @@ class DeployStem(nn.Module):
                 f"this deploy form is built for a {self.grid} token grid, got {tuple(x.shape[2:])}; "
                 "build the model at the export input size"
             )
-        x = _map_to_tokens(x) + self.pos_embed
-        if not self.has_cls:
-            return x
-        # expand has no XNNPACK node; at batch 1 (every export) the token is used as it is
-        cls = self.cls_token if x.shape[0] == 1 else self.cls_token.expand(x.shape[0], -1, -1)
-        return torch.cat([cls, x], dim=1)
+        x = _map_to_tokens(x)
+        if self.has_cls:
+            x = F.pad(x, (0, 0, 1, 0))
+        return x + self.pos_embed
 
 
 class DeployMMViT(nn.Module):

@@ -177,9 +177,8 @@ class ChannelsFirstStem(nn.Module):
         self.grid = stem.grid
         pos = stem.pos_embed.detach().clone().transpose(1, 2).unsqueeze(2)  # 1, C, 1, [1 +] N
         self.has_cls = stem.cls_token is not None
-        if self.has_cls:  # the CLS column enters with its position already added
-            self.cls_token = nn.Parameter(stem.cls_token.detach().transpose(1, 2).unsqueeze(2) + pos[..., :1])
-            pos = pos[..., 1:]
+        if self.has_cls:  # the CLS enters as column 0 of a zero column padded in front (no expand, any batch)
+            pos[..., :1] += stem.cls_token.detach().transpose(1, 2).unsqueeze(2)
         self.pos_embed = nn.Parameter(pos)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -190,11 +189,10 @@ class ChannelsFirstStem(nn.Module):
                 f"this deploy form is built for a {self.grid} token grid, got {(h, w)}; "
                 "build the model at the export input size"
             )
-        x = x.reshape(B, C, 1, h * w) + self.pos_embed
-        if not self.has_cls:
-            return x
-        cls = self.cls_token if B == 1 else self.cls_token.expand(B, -1, -1, -1)
-        return torch.cat([cls, x], dim=3)
+        x = x.reshape(B, C, 1, h * w)
+        if self.has_cls:
+            x = F.pad(x, (1, 0))
+        return x + self.pos_embed
 
 
 class ChannelsFirstMMViT(DeployMMViT):

@@ -9,11 +9,15 @@ from .mmvit import MMVIT_CONFIGS, MMViT, MMViTConfig, mmvit_filter_fn
 from .registry import (
     InputSpec,
     ModelEntry,
+    Size,
     check_input_size,
     create_model,
     get_entry,
     list_models,
+    parse_size,
     register_model,
+    size_hw,
+    size_text,
 )
 
 
@@ -44,10 +48,13 @@ register_model(
 )
 
 
-def _build_mmvit(name: str, num_classes: int | None = None, features_only: bool = False, img_size: int = 224) -> MMViT:
+def _build_mmvit(
+    name: str, num_classes: int | None = None, features_only: bool = False, img_size: tuple[int, int] | None = None
+) -> MMViT:
     from dataclasses import replace
 
-    cfg = replace(MMVIT_CONFIGS[name], img_size=(img_size, img_size))
+    cfg = MMVIT_CONFIGS[name]
+    cfg = replace(cfg, img_size=img_size or cfg.img_size)
     if num_classes is not None:
         cfg = replace(cfg, num_classes=num_classes)
     return MMViT(cfg, features_only=features_only)
@@ -76,4 +83,8 @@ __all__ = [
     "get_entry",
     "list_models",
     "register_model",
+    "Size",
+    "parse_size",
+    "size_hw",
+    "size_text",
 ]

@@ -15,11 +15,35 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+Size = int | tuple[int, int]  # square side, or (height, width)
+
+
+def size_hw(size: Size) -> tuple[int, int]:
+    """(height, width) of a square side or an (H, W) pair."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def size_text(size: Size) -> str:
+    """'224' or '128x512', the form ``--input-size`` takes."""
+    h, w = size_hw(size)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def parse_size(text: str) -> Size:
+    """'224' -> 224, '128x512' -> (128, 512); anything else is a one-line error."""
+    parts = text.lower().replace(" ", "").split("x")
+    if not (1 <= len(parts) <= 2 and all(p.isdigit() for p in parts)):
+        raise EdgevitError(f"input size '{text}' is not a size: use one number (224) or HEIGHTxWIDTH (128x512)")
+    if len(parts) == 1 or parts[0] == parts[1]:
+        return int(parts[0])
+    return int(parts[0]), int(parts[1])
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model expects: size, layout and normalisation of one image batch."""
+    """What the model expects: size, layout and normalisation of one image batch (or 1-channel map)."""
 
-    size: int = 224
+    size: Size = 224
     channels: int = 3
     size_multiple: int = 32
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -30,9 +54,8 @@ class InputSpec:
     channel_order: str = "RGB"
     dtype: str = "float32"
 
-    def shape(self, size: int | None = None, batch: int = 1) -> tuple[int, int, int, int]:
-        s = size or self.size
-        return (batch, self.channels, s, s)
+    def shape(self, size: Size | None = None, batch: int = 1) -> tuple[int, int, int, int]:
+        return (batch, self.channels, *size_hw(size or self.size))
 
 
 @dataclass(frozen=True)
@@ -68,12 +91,12 @@ def get_entry(name: str) -> ModelEntry:
         ) from None
 
 
-def check_input_size(name: str, size: int) -> None:
+def check_input_size(name: str, size: Size) -> None:
     spec = get_entry(name).input_spec
-    if size <= 0 or size % spec.size_multiple:
+    if any(n <= 0 or n % spec.size_multiple for n in size_hw(size)):
         raise EdgevitError(
-            f"input size {size} does not suit {name}: use a positive multiple of {spec.size_multiple} "
-            f"(e.g. {spec.size})"
+            f"input size {size_text(size)} does not suit {name}: use positive multiples of {spec.size_multiple} "
+            f"(e.g. {size_text(spec.size)})"
         )
 
 
@@ -81,12 +104,12 @@ def create_model(name: str, checkpoint: str | Path | None = None, input_size: in
     """Build a registered model in its training form, optionally loading a checkpoint (strict keys).
 
     A fine-tuned checkpoint sets the number of classes from its classifier (``head.weight``). ``input_size``
-    builds a model with position embeddings is built for that size (a checkpoint's are resized to it); other
+    builds a model whose position embeddings are learned for that size (a checkpoint's are resized to it); other
     models run at any size and ignore it.
     """
     entry = get_entry(name)
     if entry.sized:
-        kwargs["img_size"] = input_size or entry.input_spec.size
+        kwargs["img_size"] = size_hw(input_size or entry.input_spec.size)
     if checkpoint is None:
         return entry.builder(**kwargs)
     state = read_state_dict(checkpoint)

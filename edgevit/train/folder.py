@@ -11,7 +11,7 @@ import torch
 
 from ..data import IMAGE_SUFFIXES, preprocess
 from ..errors import EdgevitError
-from ..models.registry import InputSpec
+from ..models.registry import InputSpec, Size
 
 
 @dataclass
@@ -45,7 +45,7 @@ def class_folders(root: str | Path) -> dict[str, list[Path]]:
 def load_labelled(
     root: str | Path,
     spec: InputSpec,
-    size: int,
+    size: Size,
     classes: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LabelledImages:

@@ -15,6 +15,7 @@ from torch import fx, nn
 
 from ..errors import EdgevitError, Interrupted
 from ..fileio import atomic_write_json
+from ..models.registry import Size, size_text
 from ..quant.policy import untie_weights
 from ..quant.pt2e import _keep_float_quantizer, backend_quantizer
 from .folder import LabelledImages
@@ -32,7 +33,7 @@ class QATRun:
     model: str
     target: str
     recipe: str
-    size: int
+    size: Size
     classes: list[str]
 
     def key(self) -> dict[str, Any]:
@@ -40,7 +41,7 @@ class QATRun:
             "model": self.model,
             "target": self.target,
             "recipe": self.recipe,
-            "size": self.size,
+            "size": size_text(self.size),
             "classes": self.classes,
         }
 
@@ -175,7 +176,7 @@ def qat_export(
     checkpoint: str | Path | None = None,
     init: str | Path | None = None,
     val: str | Path | None = None,
-    input_size: int | None = None,
+    input_size: Size | None = None,
     batch: int = 32,
     lr: float = 1e-4,
     output_dir: str | Path = "artifacts",
