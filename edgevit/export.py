@@ -350,10 +350,28 @@ def _input_entry(spec: InputSpec, size: Size, audit: dict[str, Any], image_input
     }
     if image_input:
         entry.update(type="image (Core ML ImageType, RGB, 0-255 pixels)", dtype="image")
+    if spec.kind == "spectrogram":
+        h, w = size_hw(size)
+        entry["name"] = "spectrogram"
+        entry["preprocessing"] = {
+            "features": f"log-mel spectrogram: {h} mel bins (rows, low to high) x {w} frames (columns)",
+            "normalisation": "standardise with your training set's log-mel mean and std",
+            "verified_on": "the bundled photos as 1-channel maps, (pixel / 255 - mean) / std: no audio ships "
+            "offline, so numerics check the function, not audio accuracy",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+        }
     if audit.get("input_dtype") == "int8":  # full-integer TFLite: the app quantizes the normalised image
         entry["dtype"] = "int8"
         entry["quantization"] = {**audit["int8_io"]["input"], "formula": "round(normalised / scale) + zero_point"}
     return entry
+
+
+def manifest_input_size(entry: dict[str, Any]) -> Size:
+    """The input size an artifact was exported at, from its manifest's input shape and layout."""
+    shape = entry["shape"]
+    h, w = (shape[1], shape[2]) if entry.get("layout") == "NHWC" else (shape[2], shape[3])
+    return h if h == w else (h, w)
 
 
 def model_stats(model_name: str, size: Size | None = None) -> dict[str, Any]:

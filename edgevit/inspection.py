@@ -11,7 +11,7 @@ import torch
 
 from .data import image_paths, load_images
 from .errors import EdgevitError
-from .export import verify_numerics
+from .export import manifest_input_size, verify_numerics
 from .fileio import path_sha256
 from .models import create_model, get_entry
 
@@ -134,8 +134,7 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
     if checkpoint and path_sha256(Path(checkpoint)) != weights["sha256"]:
         raise EdgevitError(f"checkpoint {checkpoint} changed since export (sha256 differs); re-export the artifact")
     torch.manual_seed(int(weights.get("seed", 0)))
-    crop = manifest["input"]["preprocessing"]["center_crop"]
-    size = crop if isinstance(crop, int) else tuple(crop)
+    size = manifest_input_size(manifest["input"])
     model = create_model(model_name, checkpoint, input_size=size).eval()
     photos = load_images(images, get_entry(model_name).input_spec, size, limit=num_images)
     with torch.no_grad():

@@ -71,6 +71,28 @@ for _name, _what in (("mmvit_xs", "2.0M"), ("mmvit_s", "5.2M")):
         )
     )
 
+# MMViT was evaluated on audio as well: the same code on 1-channel log-mel spectrograms, 128 mel bins x 512
+# frames (about 5 s at a 10 ms hop), as AST and MMViT's audio experiments feed them
+AUDIO_SPEC = InputSpec(
+    size=(128, 512),
+    channels=1,
+    mean=(0.5,),
+    std=(0.25,),
+    crop_pct=1.0,
+    channel_order="mono",
+    kind="spectrogram",
+)
+register_model(
+    ModelEntry(
+        "mmvit_xs_audio",
+        partial(_build_mmvit, "mmvit_xs_audio"),
+        input_spec=AUDIO_SPEC,
+        description="mmvit_xs on 1-channel 128x512 log-mel spectrograms (527 AudioSet classes)",
+        filter_fn=mmvit_filter_fn,
+        sized=True,
+    )
+)
+
 __all__ = [
     "LVT",
     "LVTConfig",

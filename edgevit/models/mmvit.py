@@ -385,6 +385,8 @@ MMVIT_CONFIGS: dict[str, MMViTConfig] = {
     "mmvit_xs": MMViTConfig(),
     # the widest [0, 0, 9, 1] layout within 5-6M params and 1 GMAC at 224 (head dim 26)
     "mmvit_s": MMViTConfig(dims=(26, 52, 104, 208), heads=(1, 2, 4, 8), drop_path_rate=0.1),
+    # audio: mmvit_xs on a (128 mel, 512 frame) log-mel map; view grids 32x128 and 16x64, AudioSet's 527 labels
+    "mmvit_xs_audio": MMViTConfig(in_chans=1, img_size=(128, 512), num_classes=527),
 }
 
 

@@ -53,6 +53,8 @@ class InputSpec:
     layout: str = "NCHW"
     channel_order: str = "RGB"
     dtype: str = "float32"
+    # "image", or "spectrogram": a 1-channel log-mel map (mel bins x frames) the app computes itself
+    kind: str = "image"
 
     def shape(self, size: Size | None = None, batch: int = 1) -> tuple[int, int, int, int]:
         return (batch, self.channels, *size_hw(size or self.size))
