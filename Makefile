@@ -27,7 +27,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_lvt.py --rounds 5 --runs 30 --write-readme
+	$(BIN)/python benchmarks/bench_model.py --model lvt --rounds 5 --runs 30 --write-readme
+	$(BIN)/python benchmarks/bench_model.py --model mmvit_xs --rounds 5 --runs 30 --write-readme
+	$(BIN)/python benchmarks/bench_model.py --model mmvit_s --rounds 5 --runs 30 --write-readme
 	$(BIN)/python benchmarks/bench_fold.py --rounds 3 --write-readme
 	$(BIN)/python benchmarks/bench_int8.py --rounds 3 --runs 30 --write-readme
 

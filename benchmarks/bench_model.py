@@ -1,9 +1,10 @@
-"""LVT latency on this machine: training form in PyTorch eager, training form in onnxruntime (the baseline a
-user has today), and the lowered XNNPACK .pte; plus what the naive ExecuTorch export of the training form gives.
+"""One model's latency on this machine: training form in PyTorch eager, training form in onnxruntime (the
+baseline a user has today), and the lowered .pte, .tflite and .onnx; plus what the naive ExecuTorch export of
+the training form gives.
 
 Each measurement runs in its own process, alternating (a b c a b c ...), because two runtimes in one process
 fight over the cores; the figure per path is the median of the per-process medians. Results go to
-benchmarks/results/lvt.json and, with --write-readme, into README.md between the bench markers.
+benchmarks/results/MODEL.json and, with --write-readme, into README.md between the bench:MODEL markers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from readme_table import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
-RESULTS = ROOT / "benchmarks" / "results" / "lvt.json"
+RESULTS = ROOT / "benchmarks" / "results"
 SIZE = 224
 SEED = 0
 
@@ -49,37 +50,43 @@ PATHS = {
     "tflite": "(d) lowered, LiteRT .tflite (XNNPACK delegate)",
     "onnx_lowered": "(e) lowered, onnxruntime",
 }
-# the artifact each timed path runs (eager builds its model in the worker)
-ARTIFACTS = {
-    "eager": "",
-    "onnx": "lvt-train.onnx",
-    "pte": "lvt-executorch-xnnpack-fp32.pte",
-    "tflite": "lvt-tflite-fp32.tflite",
-    "onnx_lowered": "lvt-onnx-fp32.onnx",
-}
+
+
+def artifact_names(model: str) -> dict[str, str]:
+    """The artifact each timed path runs (eager builds its model in the worker)."""
+    return {
+        "eager": "",
+        "onnx": f"{model}-train.onnx",
+        "pte": f"{model}-executorch-xnnpack-fp32.pte",
+        "tflite": f"{model}-tflite-fp32.tflite",
+        "onnx_lowered": f"{model}-onnx-fp32.onnx",
+    }
 
 
 # ------------------------------------------------------------------------------------------ worker side
 
 
-def worker(kind: str, path: str, threads: int, warmup: int, runs: int) -> None:
+def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: int) -> None:
     """Time one path in this process and print one JSON line of millisecond samples."""
     import numpy as np
     import torch
 
     torch.set_num_threads(threads)
-    x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+    from edgevit.models import get_entry
+
+    shape = get_entry(model).input_spec.shape(SIZE)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     t0 = time.perf_counter()
     if kind == "eager":
         from edgevit.models import create_model
 
         torch.manual_seed(SEED)
-        model = create_model("lvt").eval()
+        net = create_model(model).eval()
         xt = torch.from_numpy(x)
 
         def run():
             with torch.no_grad():
-                model(xt)
+                net(xt)
     else:
         from edgevit.runtime import open_runner
 
@@ -102,7 +109,7 @@ def worker(kind: str, path: str, threads: int, warmup: int, runs: int) -> None:
 # -------------------------------------------------------------------------------------- orchestrator
 
 
-def build_artifacts() -> dict:
+def build_artifacts(model: str) -> dict:
     """Export (b) and (c) fresh, and try the naive export of the training form to ExecuTorch."""
     import torch
 
@@ -115,16 +122,18 @@ def build_artifacts() -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     info: dict = {}
     torch.manual_seed(SEED)
-    train = create_model("lvt").eval()
-    example = torch.randn(1, 3, SIZE, SIZE)
+    train = create_model(model).eval()
+    from edgevit.models import get_entry
 
+    example = torch.randn(get_entry(model).input_spec.shape(SIZE))
+    names = artifact_names(model)
     t0 = time.perf_counter()
-    (OUT / "lvt-train.onnx").write_bytes(export_bytes(train, example))
+    (OUT / names["onnx"]).write_bytes(export_bytes(train, example))
     info["onnx_export_s"] = round(time.perf_counter() - t0, 1)
 
     info["targets"] = {}
     for target in ("executorch", "tflite", "onnx", "coreml"):
-        manifest = export_model("lvt", target=target, output_dir=OUT, force=True, seed=SEED, num_images=4).manifest
+        manifest = export_model(model, target=target, output_dir=OUT, force=True, seed=SEED, num_images=4).manifest
         info["targets"][target] = {
             "recipe": manifest["recipe"]["name"],
             "export_s": manifest["artifact"]["export_seconds"],
@@ -138,14 +147,20 @@ def build_artifacts() -> dict:
                 "ops_outside": sum(manifest["audit"]["ops_outside"].values()),
             }
 
-    naive = et.export(train, example, get_recipe("executorch-xnnpack-fp32"))
-    naive_path = OUT / "lvt-naive.pte"
+    try:
+        naive = et.export(train, example, get_recipe("executorch-xnnpack-fp32"))
+    except Exception as e:  # the training form not exporting at all is itself the result
+        info["naive"] = {"exports": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        return info
+    naive_path = OUT / f"{model}-naive.pte"
     naive.write(naive_path)
     outside = naive.audit["ops_outside"]
     probe = subprocess.run(
         [
             sys.executable,
             __file__,
+            "--model",
+            model,
             "--worker",
             "pte",
             "--path",
@@ -161,6 +176,7 @@ def build_artifacts() -> dict:
     )
     err = [ln for ln in probe.stderr.splitlines() if "failed" in ln.lower() or "error" in ln.lower()]
     info["naive"] = {
+        "exports": True,
         "partitions": naive.audit["partitions"],
         "ops_outside": sum(outside.values()),
         "ops_outside_by_type": dict(sorted(outside.items(), key=lambda kv: -kv[1])[:8]),
@@ -170,16 +186,18 @@ def build_artifacts() -> dict:
     return info
 
 
-def measure(rounds: int, runs: int, warmup: int, threads: int) -> dict:
+def measure(model: str, rounds: int, runs: int, warmup: int, threads: int) -> dict:
     """Per-path medians over alternating processes, plus the best sgemm rate seen (noise only lowers it)."""
     per_kind: dict[str, list[float]] = {k: [] for k in PATHS}
     sgemm: list[float] = []
-    paths = {kind: str(OUT / name) if name else "" for kind, name in ARTIFACTS.items()}
+    paths = {kind: str(OUT / name) if name else "" for kind, name in artifact_names(model).items()}
     for r in range(rounds):
         for kind in PATHS:
             cmd = [
                 sys.executable,
                 __file__,
+                "--model",
+                model,
                 "--worker",
                 kind,
                 "--path",
@@ -212,7 +230,7 @@ def measure(rounds: int, runs: int, warmup: int, threads: int) -> dict:
 def render(timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> str:
     base = timing["onnx"]["median_ms"]
     lines = [
-        f"LVT (`lvt`, {gmacs:.2f} GMACs) at {SIZE}x{SIZE}, batch 1, {args.threads} threads, {platform.machine()}; "
+        f"`{args.model}` ({gmacs:.2f} GMACs) at {SIZE}x{SIZE}, batch 1, {args.threads} threads, {platform.machine()}; "
         f"median of {args.rounds} alternating processes x {args.runs} runs after {args.warmup} warm-up runs "
         f"(measured {time.strftime('%Y-%m-%d')}).",
         "",
@@ -231,27 +249,36 @@ def render(timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> 
     for target, t in info["targets"].items():
         diff = "needs macOS" if t["max_abs_diff"] is None else f"{t['max_abs_diff']:.1e}"
         lines.append(f"| {target} ({t['recipe']}) | {t['export_s']:.0f} | {t['size_mb']:.1f} | {diff} |")
-    n, p = info["naive"], info["pte"]
+    p = info["pte"]
     floor_ms = 2 * gmacs / info["sgemm_gflops"] * 1e3
     lines += [
         "",
         f"fp32 sgemm on this machine reaches {info['sgemm_gflops']:.0f} GFLOP/s ({args.threads} threads), so "
         f"{2 * gmacs:.2f} GFLOP take at least {floor_ms:.1f} ms: (c) runs at "
         f"{timing['pte']['median_ms'] / floor_ms:.2f}x that floor.",
-        f"(c) is one XNNPACK partition with {p['ops_outside']} ops outside, {p['size_mb']} MB, exported in "
-        f"{p['export_s']:.0f} s, max abs diff {p['max_abs_diff']:.1e} vs PyTorch on real photos.",
-        f"Naive path (training form straight into ExecuTorch + XNNPACK): {n['partitions']} partitions, "
-        f"{n['ops_outside']} ops outside XNNPACK (top: "
-        + ", ".join(f"{k} x{v}" for k, v in n["ops_outside_by_type"].items())
-        + f"); the .pte {'runs' if n['runs'] else 'fails at run time'}"
-        + (f": `{n['run_error']}`" if n["run_error"] else "")
-        + ".",
+        f"(c) is {p['partitions']} XNNPACK partition(s) with {p['ops_outside']} ops outside, {p['size_mb']} MB, "
+        f"exported in {p['export_s']:.0f} s, max abs diff {p['max_abs_diff']:.1e} vs PyTorch on real photos.",
+        naive_sentence(info["naive"]),
     ]
     return "\n".join(lines)
 
 
+def naive_sentence(n: dict) -> str:
+    head = "Naive path (training form straight into ExecuTorch + XNNPACK): "
+    if not n["exports"]:
+        return head + f"the export fails: `{n['error']}`."
+    top = ", ".join(f"{k} x{v}" for k, v in n["ops_outside_by_type"].items())
+    runs = "runs" if n["runs"] else "fails at run time"
+    error = f": `{n['run_error']}`" if n["run_error"] else ""
+    return (
+        head
+        + f"{n['partitions']} partitions, {n['ops_outside']} ops outside XNNPACK (top: {top}); the .pte {runs}{error}."
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="lvt", help="registered model name (see `edgevit models`)")
     ap.add_argument("--worker", choices=list(PATHS), help=argparse.SUPPRESS)
     ap.add_argument("--path", default="", help=argparse.SUPPRESS)
     ap.add_argument("--sgemm", action="store_true", help=argparse.SUPPRESS)
@@ -262,7 +289,7 @@ def main() -> None:
     ap.add_argument("--write-readme", action="store_true", help="Write the table into README.md.")
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.path, args.threads, args.warmup, args.runs)
+        worker(args.model, args.worker, args.path, args.threads, args.warmup, args.runs)
         return
     if args.sgemm:
         print(json.dumps({"gflops": sgemm_gflops(args.threads)}))
@@ -270,13 +297,13 @@ def main() -> None:
 
     from edgevit.export import model_stats
 
-    gmacs = model_stats("lvt")["gmacs"]
-    info = build_artifacts()
-    timing = measure(args.rounds, args.runs, args.warmup, args.threads)
+    gmacs = model_stats(args.model)["gmacs"]
+    info = build_artifacts(args.model)
+    timing = measure(args.model, args.rounds, args.runs, args.warmup, args.threads)
     info["sgemm_gflops"] = timing.pop("sgemm_gflops")
     table = render(timing, info, gmacs, args)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.model}.json").write_text(
         json.dumps(
             {
                 "gmacs": gmacs,
@@ -292,7 +319,7 @@ def main() -> None:
     )
     print(table)
     if args.write_readme:
-        write_section("lvt", table)
+        write_section(args.model, table)
 
 
 if __name__ == "__main__":
