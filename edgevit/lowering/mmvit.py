@@ -80,6 +80,11 @@ class DeployPool(nn.Module):
         B, N, C = x.shape
         return self.norm(x.reshape(B, N * self.heads, C // self.heads)).reshape(B, N, C)
 
+    def cls_only(self, cls: torch.Tensor) -> torch.Tensor:
+        """The pooled CLS alone, from its (B, 1, C) token: the CLS skips the conv, so only the norm applies."""
+        B, _, C = cls.shape
+        return self.norm(cls.reshape(B, self.heads, C // self.heads)).reshape(B, 1, C)
+
 
 class DeployViewAttention(nn.Module):
     """One view's Q/K/V projections and poolings, from a training :class:`PoolingAttention` (view ``i``)."""
@@ -104,6 +109,11 @@ class DeployViewAttention(nn.Module):
     def forward(self, x: torch.Tensor, queries: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
         q = self.pool_q(self.q(x)) if queries else None
         return q, self.pool_k(self.k(x)), self.pool_v(self.v(x))
+
+    def cls_query(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLS token's query alone (``x`` starts with the CLS)."""
+        q = self.q(x[:, :1])
+        return self.pool_q.cls_only(q) if isinstance(self.pool_q, DeployPool) else q
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, residual: bool) -> torch.Tensor:
@@ -130,7 +140,7 @@ class DeployShortcutPool(nn.Module):
 
     def __init__(self, stride: int, grid: tuple[int, int], has_cls: bool) -> None:
         super().__init__()
-        self.kernel, self.padding = train.pool_geometry(stride)
+        self.kernel, self.padding = train.skip_geometry(stride)
         self.stride, self.grid, self.has_cls = stride, grid, has_cls
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,9 +178,11 @@ class DeploySelfBlock(nn.Module):
         x_norm = self.norm1(x)
         shortcut = x if self.shortcut_proj is None else self.shortcut_proj(x_norm)
         shortcut = self.shortcut_pool(shortcut)
-        q, k, v = self.qkv(x_norm)
-        if self.cls_only:
-            q, shortcut = q[:, :1], shortcut[:, :1]
+        if self.cls_only:  # the head reads the CLS only: one query, one residual row, one MLP row
+            _, k, v = self.qkv(x_norm, queries=False)
+            q, shortcut = self.qkv.cls_query(x_norm), shortcut[:, :1]
+        else:
+            q, k, v = self.qkv(x_norm)
         x = shortcut + self.proj(_attend(q, k, v, self.heads, self.residual))
         return x + self.mlp(self.norm2(x))
 
@@ -290,7 +302,7 @@ class DeployMMViT(nn.Module):
     def _out_grid(block: train.SelfBlock, grid: tuple[int, int]) -> tuple[int, int]:
         if block.q_stride == 1:
             return grid
-        kernel, padding = train.pool_geometry(block.q_stride)
+        kernel, padding = train.skip_geometry(block.q_stride)
         return tuple(train._conv_out(n, kernel, block.q_stride, padding) for n in grid)
 
     @classmethod

@@ -54,6 +54,10 @@ class ChannelsFirstPool(nn.Module):
         x = _with_cls(x, pooled.reshape(B, C, 1, -1), self.has_cls)
         return _norm_per_head(self.norm, x, self.heads)
 
+    def cls_only(self, cls: torch.Tensor) -> torch.Tensor:
+        """The pooled CLS alone, from its (B, C, 1, 1) column: it skips the conv, so only the norm applies."""
+        return _norm_per_head(self.norm, cls, self.heads)
+
 
 class ChannelsFirstViewAttention(nn.Module):
     """One view's Q/K/V (1x1 convs) and poolings; the softmax scale is folded into K (norm or projection)."""
@@ -78,6 +82,11 @@ class ChannelsFirstViewAttention(nn.Module):
     def forward(self, x: torch.Tensor, queries: bool = True):
         q = self.pool_q(self.q(x)) if queries else None
         return q, self.pool_k(self.k(x)), self.pool_v(self.v(x))
+
+    def cls_query(self, x: torch.Tensor) -> torch.Tensor:
+        """The CLS column's query alone (column 0 of ``x``)."""
+        q = self.q(x[..., :1])
+        return self.pool_q.cls_only(q) if isinstance(self.pool_q, ChannelsFirstPool) else q
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, residual: bool) -> torch.Tensor:
@@ -120,7 +129,7 @@ class ChannelsFirstSelfBlock(nn.Module):
     def shortcut_pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.q_stride == 1:
             return x
-        kernel, padding = train.pool_geometry(self.q_stride)
+        kernel, padding = train.skip_geometry(self.q_stride)
         B, C = x.shape[:2]
         pooled = F.max_pool2d(_spatial(x, self.has_cls).reshape(B, C, *self.grid), kernel, self.q_stride, padding)
         return _with_cls(x, pooled.reshape(B, C, 1, -1), self.has_cls)
@@ -128,9 +137,11 @@ class ChannelsFirstSelfBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_norm = self.norm1(x)
         shortcut = self.shortcut_pool(x if self.shortcut_proj is None else self.shortcut_proj(x_norm))
-        q, k, v = self.qkv(x_norm)
         if self.cls_only:
-            q, shortcut = q[..., :1], shortcut[..., :1]
+            _, k, v = self.qkv(x_norm, queries=False)
+            q, shortcut = self.qkv.cls_query(x_norm), shortcut[..., :1]
+        else:
+            q, k, v = self.qkv(x_norm)
         x = shortcut + self.proj(_attend(q, k, v, self.heads, self.residual))
         return x + self.mlp(self.norm2(x))
 

@@ -49,6 +49,7 @@ class MMViTConfig:
     kv_strides: tuple[int, ...] = _why(
         (4, 2), "K/V pooling stride per view in stage 1 (both views' K/V meet at 1/16 of the input), halved per stage"
     )
+    pool_kernel: int = _why(3, "MViTv2's 3x3 depthwise pooling kernel, in every block (stride 1 included)")
     residual_pooling: bool = _why(True, "MViTv2's residual pooling connection (adds pooled Q to the output)")
     qkv_bias: bool = _why(True, "MViTv2 default")
     share_view_weights: bool = _why(False, "views are processed 'in parallel': separate streams, as in MTV/CrossViT")
@@ -82,20 +83,18 @@ def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - kernel) // stride + 1
 
 
-def pool_geometry(stride: int) -> tuple[int, int] | None:
-    """(kernel, padding) of a pooling at ``stride``: kernel stride + 1 (MViTv2), none at stride 1."""
-    if stride == 1:
-        return None
+def skip_geometry(stride: int) -> tuple[int, int]:
+    """(kernel, padding) of the max pool on a Q-strided block's residual: kernel stride + 1 (MViTv2)."""
     return stride + 1, (stride + 1) // 2
 
 
 class Pool(nn.Module):
-    """MViTv2 attention pooling: a strided depthwise conv on each head's grid (shared across heads) and a
-    LayerNorm over the head dim; the CLS token skips the conv and joins the norm."""
+    """MViTv2 attention pooling: a depthwise conv (stride 1 or more) on each head's grid, shared across heads,
+    and a LayerNorm over the head dim; the CLS token skips the conv and joins the norm."""
 
-    def __init__(self, head_dim: int, stride: int) -> None:
+    def __init__(self, head_dim: int, stride: int, kernel: int = 3) -> None:
         super().__init__()
-        kernel, padding = pool_geometry(stride)
+        padding = kernel // 2
         self.conv = nn.Conv2d(head_dim, head_dim, kernel, stride, padding, groups=head_dim, bias=False)
         self.norm = nn.LayerNorm(head_dim, eps=LN_EPS)
 
@@ -110,8 +109,9 @@ class Pool(nn.Module):
         return self.norm(x), grid
 
 
-def _maybe_pool(head_dim: int, stride: int) -> Pool | None:
-    return Pool(head_dim, stride) if stride > 1 else None
+def _maybe_pool(head_dim: int, stride: int, kernel: int) -> nn.Module:
+    """A pooling, or none where kernel and stride are both 1 (as MViTv2 skips it)."""
+    return Pool(head_dim, stride, kernel) if kernel > 1 or stride > 1 else nn.Identity()
 
 
 class PoolingAttention(nn.Module):
@@ -131,6 +131,7 @@ class PoolingAttention(nn.Module):
         kv_strides: tuple[int, ...],
         qkv_bias: bool = True,
         residual_pooling: bool = True,
+        pool_kernel: int = 3,
     ) -> None:
         super().__init__()
         if dim_out % num_heads:
@@ -144,9 +145,10 @@ class PoolingAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim_out, bias=qkv_bias)
         self.proj = nn.Linear(dim_out, dim_out)
         views = len(kv_strides)
-        self.pool_q = nn.ModuleList([_maybe_pool(self.head_dim, q_stride) or nn.Identity() for _ in range(views)])
-        self.pool_k = nn.ModuleList([_maybe_pool(self.head_dim, s) or nn.Identity() for s in kv_strides])
-        self.pool_v = nn.ModuleList([_maybe_pool(self.head_dim, s) or nn.Identity() for s in kv_strides])
+        d, k = self.head_dim, pool_kernel
+        self.pool_q = nn.ModuleList([_maybe_pool(d, q_stride, k) for _ in range(views)])
+        self.pool_k = nn.ModuleList([_maybe_pool(d, s, k) for s in kv_strides])
+        self.pool_v = nn.ModuleList([_maybe_pool(d, s, k) for s in kv_strides])
 
     @staticmethod
     def _pool(pool: nn.Module, x: torch.Tensor, grid, has_cls) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -187,7 +189,7 @@ class Mlp(nn.Module):
 
 def shortcut_pool(x: torch.Tensor, grid: tuple[int, int], stride: int, has_cls: bool) -> torch.Tensor:
     """The residual of a Q-strided block: max pool (kernel stride + 1) over the grid; the CLS passes through."""
-    kernel, padding = pool_geometry(stride)
+    kernel, padding = skip_geometry(stride)
     cls, x = (x[:, :1], x[:, 1:]) if has_cls else (None, x)
     B, _, C = x.shape
     x = F.max_pool2d(x.transpose(1, 2).reshape(B, C, *grid), kernel, stride, padding)
@@ -217,7 +219,7 @@ class SelfBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.shortcut_proj = nn.Linear(dim, dim_out) if dim != dim_out else None
         self.attn = PoolingAttention(
-            dim, dim_out, num_heads, q_stride, (kv_stride,), cfg.qkv_bias, cfg.residual_pooling
+            dim, dim_out, num_heads, q_stride, (kv_stride,), cfg.qkv_bias, cfg.residual_pooling, cfg.pool_kernel
         )
         self.norm2 = nn.LayerNorm(dim_out, eps=LN_EPS)
         self.mlp = Mlp(dim_out, int(dim_out * cfg.mlp_ratio), dim_out)
@@ -245,7 +247,9 @@ class CrossBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, kv_strides: tuple[int, ...], cfg: MMViTConfig, drop_path: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = PoolingAttention(dim, dim, num_heads, 1, kv_strides, cfg.qkv_bias, cfg.residual_pooling)
+        self.attn = PoolingAttention(
+            dim, dim, num_heads, 1, kv_strides, cfg.qkv_bias, cfg.residual_pooling, cfg.pool_kernel
+        )
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), dim)
         self.drop_path = DropPath(drop_path)
