@@ -13,6 +13,7 @@ from edgevit.lowering.ops import (
     fold_k3s2p1_nchw,
     fold_k3s2p1_nhwc,
     linear_silu,
+    max_pool_edge_padded,
     spatial_mean_nhwc,
 )
 
@@ -84,3 +85,15 @@ def test_spatial_mean_and_silu():
     x = torch.randn(2, 5, 6, 7)
     torch.testing.assert_close(spatial_mean_nhwc(x), x.mean(dim=(1, 2)), **TOL)
     torch.testing.assert_close(linear_silu(x), F.silu(x), **TOL)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (5, 4, 2), (3, 1, 1), (2, 2, 1)])
+def test_edge_padded_max_pool_equals_max_pool(kernel, stride, padding):
+    torch.manual_seed(0)
+    for h in range(2, 10):
+        for w in (2, 5, 8):
+            x = torch.randn(2, 3, h, w)
+            expected = F.max_pool2d(x, kernel, stride, padding)
+            torch.testing.assert_close(max_pool_edge_padded(x, kernel, stride, padding), expected, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="padding < kernel"):
+        max_pool_edge_padded(x, 2, 2, 2)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import mmvit as train
-from .ops import LinearLayerNorm
+from .ops import LinearLayerNorm, max_pool_edge_padded
 from .weights import linear_from
 
 __all__ = ["DeployMMViT"]
@@ -145,7 +145,7 @@ class DeployShortcutPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x[:, 1:] if self.has_cls else x
-        pooled = F.max_pool2d(_tokens_to_map(spatial, self.grid), self.kernel, self.stride, self.padding)
+        pooled = max_pool_edge_padded(_tokens_to_map(spatial, self.grid), self.kernel, self.stride, self.padding)
         pooled = _map_to_tokens(pooled)
         return torch.cat([x[:, :1], pooled], dim=1) if self.has_cls else pooled
 

@@ -22,6 +22,7 @@ __all__ = [
     "spatial_mean_nhwc",
     "ChannelLayerNorm",
     "attend_channels_first",
+    "max_pool_edge_padded",
 ]
 
 
@@ -93,6 +94,25 @@ def attend_channels_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     """
     weights = torch.matmul(k.transpose(1, 2), q).softmax(dim=1)  # G, M, N
     return torch.matmul(v, weights)
+
+
+def max_pool_edge_padded(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """``F.max_pool2d`` with implicit -inf padding, written as edge replication (concatenated edge slices)
+    and an unpadded pool.
+
+    Every window that covers a padded cell also covers the edge cell it replicates (padding < kernel), so
+    the maximum is the same; LiteRT's XNNPACK delegate does not take the PADV2 (-inf pad) the converter
+    would emit, and that op would split the graph into partitions.
+    """
+    if padding >= kernel:
+        raise ValueError("edge padding equals -inf padding only when padding < kernel")
+    for dim in (2, 3):
+        n = x.shape[dim]
+        # the far edge is padded only as far as the pool reads it
+        far = max(0, ((n + 2 * padding - kernel) // stride) * stride + kernel - padding - n)
+        parts = [x.narrow(dim, 0, 1)] * padding + [x] + [x.narrow(dim, n - 1, 1)] * far
+        x = torch.cat(parts, dim=dim) if len(parts) > 1 else x
+    return F.max_pool2d(x, kernel, stride)
 
 
 def linear_silu(x: torch.Tensor) -> torch.Tensor:
