@@ -89,6 +89,8 @@ def measure(model_name: str, data: Path, epochs: int, qat_epochs: int) -> dict:
                 quantize_request=QuantizeRequest(data / "train", 64),
             )
             row[kind] = artifact_accuracy(result.artifact, val)
+            if kind == "ptq":  # the export's own gate figure: int8 artifact vs its fp32 model on held-out digits
+                row["ptq_sqnr_db"] = result.manifest["numerics"].get("sqnr_db")
         if target != "onnx":
             log(f"{model_name} {target}: QAT")
             result, _ = qat_export(
@@ -101,7 +103,7 @@ def measure(model_name: str, data: Path, epochs: int, qat_epochs: int) -> dict:
                 checkpoint,
                 data / "val",
                 SIZE,
-                output_dir=out,
+                output_dir=out / "qat",  # beside, not over, the PTQ artifact of the same recipe
                 force=True,
             )
             row["qat"] = result.manifest["quantization"]["qat"]["val_accuracy_artifact"]
@@ -111,10 +113,12 @@ def measure(model_name: str, data: Path, epochs: int, qat_epochs: int) -> dict:
 
 
 def table(models: dict) -> str:
-    lines = ["| model | target | fp32 | PTQ int8 | QAT int8 |", "|---|---|---:|---:|---:|"]
+    lines = ["| model | target | fp32 | PTQ int8 | PTQ SQNR | QAT int8 |", "|---|---|---:|---:|---:|---:|"]
     for name, result in models.items():
         for target, row in result["targets"].items():
             cells = [f"{row[k]:.1%}" if row.get(k) is not None else "-" for k in ("fp32", "ptq", "qat")]
+            sqnr = row.get("ptq_sqnr_db")
+            cells.insert(2, f"{sqnr:.1f} dB" if sqnr is not None else "-")
             lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
     first = next(iter(models.values()))
     return "\n".join(lines) + (
