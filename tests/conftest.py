@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,25 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
         paths[suffix] = folder / f"tiny{suffix}"
         module.export(lower(tiny_lvt(), target), x, default_recipe(target)).write(paths[suffix])
     return paths
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits") / "all"
+    proc = run_cli("datasets", "digits", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert "1437 training and 360 held-out images" in proc.stdout
+    return root
+
+
+@pytest.fixture(scope="session")
+def small(digits, tmp_path_factory):
+    """Three digits, 12 training and 6 held-out images each: a QAT run in seconds."""
+    root = tmp_path_factory.mktemp("small")
+    for split, count in (("train", 12), ("val", 6)):
+        for digit in "012":
+            target = root / split / digit
+            target.mkdir(parents=True)
+            for path in sorted((digits / split / digit).iterdir())[:count]:
+                shutil.copy(path, target / path.name)
+    return root

@@ -54,3 +54,12 @@ def test_bad_input_sizes_are_one_line_errors(tmp_path):
         proc = run_cli("export", "mmvit_xs", "--input-size", size, "--output-dir", str(tmp_path))
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_mmvit_qat_trains_and_exports_int8(tmp_path, small):
+    args = ["qat", "mmvit_xs", "--data", str(small / "train"), "--val", str(small / "val"), "--target", "executorch"]
+    proc = run_cli(*args, "--epochs", "1", "--input-size", "64", "--output-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    assert manifest["gates"]["passed"] and manifest["audit"]["partitions"] == 1
+    assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["output"]["shape"] == [1, 3]

@@ -18,28 +18,6 @@ from edgevit.train.qat import QATRun, load_checkpoint
 from .conftest import EDGEVIT, run_cli
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits") / "all"
-    proc = run_cli("datasets", "digits", str(root))
-    assert proc.returncode == 0, proc.stderr
-    assert "1437 training and 360 held-out images" in proc.stdout
-    return root
-
-
-@pytest.fixture(scope="module")
-def small(digits, tmp_path_factory):
-    """Three digits, 12 training and 6 held-out images each: a QAT run in seconds."""
-    root = tmp_path_factory.mktemp("small")
-    for split, count in (("train", 12), ("val", 6)):
-        for digit in "012":
-            target = root / split / digit
-            target.mkdir(parents=True)
-            for path in sorted((digits / split / digit).iterdir())[:count]:
-                shutil.copy(path, target / path.name)
-    return root
-
-
 def test_digits_are_real_scans_with_a_balanced_split(digits):
     train = {d.name: len(list(d.iterdir())) for d in (digits / "train").iterdir()}
     val = {d.name: len(list(d.iterdir())) for d in (digits / "val").iterdir()}
