@@ -60,12 +60,12 @@ def _build_mmvit(
     return MMViT(cfg, features_only=features_only)
 
 
-for _name, _what in (("mmvit_xs", "2.0M"), ("mmvit_s", "5.2M")):
+for _name, _dims in (("mmvit_xs", "16-128"), ("mmvit_s", "26-208")):
     register_model(
         ModelEntry(
             _name,
             partial(_build_mmvit, _name),
-            description=f"MMViT, two overlapping conv views, cross-view attention per stage ({_what} params)",
+            description=f"MMViT, two overlapping conv views, cross-view attention per stage, dims {_dims}",
             filter_fn=mmvit_filter_fn,
             sized=True,
         )
