@@ -47,7 +47,7 @@ def models(
 ) -> None:
     """List the models: parameters, MACs at the default input size, default input size."""
     from .export import model_stats
-    from .models import list_models
+    from .models import list_models, size_text
 
     rows = [model_stats(name) for name in list_models()]
     if as_json:
@@ -55,7 +55,8 @@ def models(
         return
     table = Table("model", "params (M)", "GMACs", "input", "description")
     for r in rows:
-        table.add_row(r["name"], f"{r['params_m']:.3f}", f"{r['gmacs']:.3f}", str(r["input_size"]), r["description"])
+        size = size_text(r["input_size"] if isinstance(r["input_size"], int) else tuple(r["input_size"]))
+        table.add_row(r["name"], f"{r['params_m']:.3f}", f"{r['gmacs']:.3f}", size, r["description"])
     out.print(table)
 
 

@@ -29,7 +29,7 @@ from .fileio import (
     remove_path,
 )
 from .lowering import lower
-from .models import InputSpec, Size, check_input_size, create_model, get_entry, size_hw, size_text
+from .models import InputSpec, Size, check_input_size, create_model, get_entry, size_hw
 from .numerics import compare
 from .quant.calibration import checked_calibration_paths
 from .quant.flow import QuantizedDeploy, QuantizeRequest, compare_with_fp32, quantize_for_export
@@ -388,7 +388,7 @@ def model_stats(model_name: str, size: Size | None = None) -> dict[str, Any]:
         "name": model_name,
         "params_m": round(params / 1e6, 3),
         "gmacs": round(counter.get_total_flops() / 2e9, 3),
-        "input_size": size_text(size),
+        "input_size": size if isinstance(size, int) else list(size_hw(size)),
         "description": entry.description,
     }
 

@@ -50,7 +50,7 @@ def test_audio_config_takes_a_non_square_one_channel_map_on_every_target(tmp_pat
 
 
 def test_bad_input_sizes_are_one_line_errors(tmp_path):
-    for size, message in (("64x", "is not a size"), ("64x100", "multiples of 32"), ("abc", "is not a size")):
+    for size, message in (("64x", "is not a size"), ("64x100", "multiple of 32"), ("abc", "is not a size")):
         proc = run_cli("export", "mmvit_xs", "--input-size", size, "--output-dir", str(tmp_path))
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1

@@ -97,8 +97,8 @@ def check_input_size(name: str, size: Size) -> None:
     spec = get_entry(name).input_spec
     if any(n <= 0 or n % spec.size_multiple for n in size_hw(size)):
         raise EdgevitError(
-            f"input size {size_text(size)} does not suit {name}: use positive multiples of {spec.size_multiple} "
-            f"(e.g. {size_text(spec.size)})"
+            f"input size {size_text(size)} does not suit {name}: use a positive multiple of {spec.size_multiple} "
+            f"for each side (e.g. {size_text(spec.size)})"
         )
 
 
