@@ -25,7 +25,7 @@ from torch import nn
 
 from ..models import mmvit as train
 from .ops import LinearLayerNorm, max_pool_edge_padded
-from .weights import linear_from
+from .weights import k_norm_scale, linear_from, pooling_attention_weights
 
 __all__ = ["DeployMMViT"]
 
@@ -91,19 +91,15 @@ class DeployViewAttention(nn.Module):
 
     def __init__(self, m: train.PoolingAttention, view: int, grid: tuple[int, int], has_cls: bool) -> None:
         super().__init__()
-        C, heads = m.proj.in_features, m.num_heads
-        w, b = m.qkv.weight, m.qkv.bias if m.qkv.bias is not None else torch.zeros(3 * C)
-        pool_k = m.pool_k[view]
-        k_scale = 1.0 if isinstance(pool_k, train.Pool) else m.scale  # fold the softmax scale into K
-        self.q = linear_from(w[:C], b[:C])
-        self.k = linear_from(w[C : 2 * C] * k_scale, b[C : 2 * C] * k_scale)
-        self.v = linear_from(w[2 * C :], b[2 * C :])
+        heads = m.num_heads
+        for name, (weight, bias) in pooling_attention_weights(m, view).items():  # q, k, v
+            setattr(self, name, linear_from(weight, bias))
 
         def pool(p: nn.Module, scale: float = 1.0) -> nn.Module:
             return DeployPool(p, heads, grid, has_cls, scale) if isinstance(p, train.Pool) else nn.Identity()
 
         self.pool_q = pool(m.pool_q[view])
-        self.pool_k = pool(pool_k, m.scale)
+        self.pool_k = pool(m.pool_k[view], k_norm_scale(m, view))
         self.pool_v = pool(m.pool_v[view])
 
     def forward(self, x: torch.Tensor, queries: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:

@@ -57,3 +57,27 @@ def class_block_weights(m: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Ten
         "fc1": (m.mlp.fc1.weight, m.mlp.fc1.bias),
         "fc2": (m.mlp.fc2.weight, m.mlp.fc2.bias),
     }
+
+
+def pooling_attention_weights(m: nn.Module, view: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, bias) of Q, K and V of an MMViT pooling attention (``models.mmvit.PoolingAttention``), split
+    apart, with the softmax scale folded into K's projection when view ``view`` does not pool K (a pooled K
+    takes the scale in its norm instead, see :func:`k_norm_scale`)."""
+    C = m.proj.in_features
+    w = m.qkv.weight
+    b = m.qkv.bias if m.qkv.bias is not None else torch.zeros(3 * C)
+    k_scale = 1.0 if _pools_k(m, view) else m.scale
+    return {
+        "q": (w[:C], b[:C]),
+        "k": (w[C : 2 * C] * k_scale, b[C : 2 * C] * k_scale),
+        "v": (w[2 * C :], b[2 * C :]),
+    }
+
+
+def k_norm_scale(m: nn.Module, view: int) -> float:
+    """The factor for the affine of K's pooling norm: the softmax scale when K is pooled, else 1."""
+    return m.scale if _pools_k(m, view) else 1.0
+
+
+def _pools_k(m: nn.Module, view: int) -> bool:
+    return not isinstance(m.pool_k[view], nn.Identity)
