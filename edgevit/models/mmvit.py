@@ -58,6 +58,10 @@ class MMViTConfig:
     num_classes: int = 1000
     img_size: tuple[int, int] = (224, 224)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, int):  # a square size may be given as one number, as the registry does
+            object.__setattr__(self, "img_size", (self.img_size, self.img_size))
+
     @classmethod
     def reasons(cls) -> dict[str, str]:
         return {f.name: f.metadata["why"] for f in fields(cls) if "why" in f.metadata}
