@@ -9,6 +9,7 @@ from torch import nn
 
 from edgevit.lowering.ops import (
     ChannelLayerNorm,
+    GroupedLayerNorm,
     LinearLayerNorm,
     fold_k3s2p1_nchw,
     fold_k3s2p1_nhwc,
@@ -28,6 +29,23 @@ def test_linear_layer_norm_matches_layer_norm(shape):
     nn.init.normal_(ln.bias)
     x = torch.randn(shape) * 3 + 1
     torch.testing.assert_close(LinearLayerNorm.from_module(ln)(x), ln(x), **TOL)
+
+
+def test_grouped_norm_normalises_each_group_then_applies_the_whole_affine():
+    torch.manual_seed(0)
+    groups, dim = 3, 8
+    weight, bias = torch.randn(groups * dim), torch.randn(groups * dim)
+    x = torch.randn(2, 5, groups * dim) * 3 + 1
+    per_group = F.layer_norm(x.reshape(2, 5, groups, dim), (dim,), eps=1e-6).reshape(2, 5, groups * dim)
+    expected = per_group * weight + bias
+    grouped = LinearLayerNorm(dim, 1e-6, weight, bias)
+    assert grouped.groups == groups
+    torch.testing.assert_close(grouped(x), expected, **TOL)
+    native = grouped.to_layer_norm()  # what ONNX gets
+    assert isinstance(native, GroupedLayerNorm)
+    torch.testing.assert_close(native(x), expected, **TOL)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        LinearLayerNorm(dim, 1e-6, torch.ones(12), torch.zeros(12))
 
 
 def test_linear_layer_norm_refuses_non_affine():

@@ -120,7 +120,9 @@ def _tokens(x):
     return x.squeeze(2).transpose(1, 2)
 
 
-@pytest.mark.parametrize("q_stride,kv_stride,dim_out,has_cls", [(1, 2, 16, True), (2, 1, 32, True), (2, 4, 32, False)])
+@pytest.mark.parametrize(
+    "q_stride,kv_stride,dim_out,has_cls", [(1, 1, 16, True), (1, 2, 16, True), (2, 1, 32, True), (2, 4, 32, False)]
+)
 def test_deploy_self_block_equals_self_block(q_stride, kv_stride, dim_out, has_cls):
     torch.manual_seed(0)
     block = SelfBlock(16, dim_out, 2, q_stride, kv_stride, TINY).eval()
@@ -131,6 +133,15 @@ def test_deploy_self_block_equals_self_block(q_stride, kv_stride, dim_out, has_c
         torch.testing.assert_close(DeploySelfBlock(block, grid, has_cls)(x), expected, **TOL)
         cf = ChannelsFirstSelfBlock(block, grid, has_cls)
         torch.testing.assert_close(_tokens(cf(_columns(x))), expected, **TOL)
+
+
+@pytest.mark.parametrize("q_stride,kv_stride,parts", [(1, 1, [("q", "k", "v")]), (1, 2, [("q",), ("k", "v")])])
+def test_projections_that_pool_alike_run_as_one(q_stride, kv_stride, parts):
+    block = SelfBlock(16, 16, 2, q_stride, kv_stride, TINY).eval()
+    with torch.no_grad():
+        deploy = DeploySelfBlock(block, (8, 8), True)
+    assert deploy.qkv.parts == parts
+    assert [p.out_features for p in deploy.qkv.projections] == [16 * len(names) for names in parts]
 
 
 def test_cls_only_final_block_keeps_the_cls_output():

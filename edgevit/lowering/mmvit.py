@@ -6,7 +6,8 @@ gather/scatter, LayerNorm as Linear reductions, the CLS token split off by slice
 
 The rewrites, each exact up to fp32 rounding:
 - Q/K/V pooling runs on all heads at once: one depthwise conv whose kernel is the shared per-head kernel
-  tiled over heads, then a per-head LayerNorm on (B, N*heads, d);
+  tiled over heads, then a per-head LayerNorm on (B, N*heads, d); projections that pool alike (K and V, and
+  Q in stride-1 blocks) share one Linear, one conv and one norm, and are split by slices;
 - the softmax scale is folded into K's pooling LayerNorm (or K's projection when K is not pooled), so the
   residual pooling still adds the unscaled Q;
 - cross-attention runs each view's queries against the views' concatenated keys and values: attention is
@@ -57,19 +58,32 @@ def _map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class DeployPool(nn.Module):
-    """:class:`models.mmvit.Pool` on (B, [1 +] H*W, heads*d) tokens, every head in one depthwise conv."""
+    """:class:`models.mmvit.Pool` on (B, [1 +] H*W, parts*heads*d) tokens: the poolings of one or more
+    projections laid side by side (``pools``, all of one geometry), every head of every part in one depthwise
+    conv and one norm. ``scales`` multiply each part's norm affine (the softmax scale for K)."""
 
-    def __init__(self, pool: train.Pool, heads: int, grid: tuple[int, int], has_cls: bool, scale: float = 1.0):
+    def __init__(
+        self,
+        pools: train.Pool | list[train.Pool],
+        heads: int,
+        grid: tuple[int, int],
+        has_cls: bool,
+        scales: list[float] | None = None,
+    ):
         super().__init__()
-        conv = pool.conv
+        pools = pools if isinstance(pools, list) else [pools]
+        scales = scales or [1.0] * len(pools)
+        conv = pools[0].conv
+        if any(_geometry(p) != _geometry(pools[0]) for p in pools):
+            raise ValueError("poolings run together only when they share kernel, stride and padding")
         d = conv.in_channels
-        self.heads, self.grid, self.has_cls = heads, grid, has_cls
-        self.conv = nn.Conv2d(
-            d * heads, d * heads, conv.kernel_size, conv.stride, conv.padding, groups=d * heads, bias=False
-        )
-        self.conv.weight.copy_(conv.weight.repeat(heads, 1, 1, 1))
-        norm = pool.norm
-        self.norm = LinearLayerNorm(d, norm.eps, norm.weight * scale, norm.bias * scale)
+        channels = d * heads * len(pools)
+        self.grid, self.has_cls = grid, has_cls
+        self.conv = nn.Conv2d(channels, channels, conv.kernel_size, conv.stride, conv.padding, groups=channels, bias=False)
+        self.conv.weight.copy_(torch.cat([p.conv.weight.repeat(heads, 1, 1, 1) for p in pools]))
+        weight = torch.cat([p.norm.weight.repeat(heads) * s for p, s in zip(pools, scales, strict=True)])
+        bias = torch.cat([p.norm.bias.repeat(heads) * s for p, s in zip(pools, scales, strict=True)])
+        self.norm = LinearLayerNorm(d, pools[0].norm.eps, weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cls = x[:, :1] if self.has_cls else None
@@ -77,34 +91,67 @@ class DeployPool(nn.Module):
         x = _map_to_tokens(self.conv(_tokens_to_map(spatial, self.grid)))
         if cls is not None:
             x = torch.cat([cls, x], dim=1)
-        B, N, C = x.shape
-        return self.norm(x.reshape(B, N * self.heads, C // self.heads)).reshape(B, N, C)
+        return self.norm(x)
 
     def cls_only(self, cls: torch.Tensor) -> torch.Tensor:
         """The pooled CLS alone, from its (B, 1, C) token: the CLS skips the conv, so only the norm applies."""
-        B, _, C = cls.shape
-        return self.norm(cls.reshape(B, self.heads, C // self.heads)).reshape(B, 1, C)
+        return self.norm(cls)
+
+
+def _geometry(pool: nn.Module) -> tuple | None:
+    """What must match for poolings to run as one conv; None for no pooling."""
+    if not isinstance(pool, train.Pool):
+        return None
+    conv = pool.conv
+    return conv.kernel_size, conv.stride, conv.padding
 
 
 class DeployViewAttention(nn.Module):
-    """One view's Q/K/V projections and poolings, from a training :class:`PoolingAttention` (view ``i``)."""
+    """One view's Q/K/V projections and poolings, from a training :class:`PoolingAttention` (view ``view``).
 
-    def __init__(self, m: train.PoolingAttention, view: int, grid: tuple[int, int], has_cls: bool) -> None:
+    Projections whose poolings share a geometry (K and V always; Q too where it pools like them, as in every
+    stride-1 block) run as one Linear, one depthwise conv and one norm, then split by slices: far fewer
+    nodes than one chain each, which ExecuTorch lowers proportionally faster.
+    ``queries``: "all"; "cls" (the CLS token's query alone, see :meth:`cls_query`); "none".
+    """
+
+    def __init__(
+        self, m: train.PoolingAttention, view: int, grid: tuple[int, int], has_cls: bool, queries: str = "all"
+    ) -> None:
         super().__init__()
+        if queries not in ("all", "cls", "none"):
+            raise ValueError(f"queries must be 'all', 'cls' or 'none', got {queries!r}")
         heads = m.num_heads
-        for name, (weight, bias) in pooling_attention_weights(m, view).items():  # q, k, v
-            setattr(self, name, linear_from(weight, bias))
+        self.dim = m.proj.in_features
+        weights = pooling_attention_weights(m, view)  # q, k, v
+        pools = {"q": m.pool_q[view], "k": m.pool_k[view], "v": m.pool_v[view]}
+        scales = {"q": 1.0, "k": k_norm_scale(m, view), "v": 1.0}
 
-        def pool(p: nn.Module, scale: float = 1.0) -> nn.Module:
-            return DeployPool(p, heads, grid, has_cls, scale) if isinstance(p, train.Pool) else nn.Identity()
+        def pool(names: list[str]) -> nn.Module:
+            if _geometry(pools[names[0]]) is None:
+                return nn.Identity()
+            return DeployPool([pools[n] for n in names], heads, grid, has_cls, [scales[n] for n in names])
 
-        self.pool_q = pool(m.pool_q[view])
-        self.pool_k = pool(m.pool_k[view], k_norm_scale(m, view))
-        self.pool_v = pool(m.pool_v[view])
+        groups: dict[tuple | None, list[str]] = {}
+        for name in ("q", "k", "v") if queries == "all" else ("k", "v"):
+            groups.setdefault(_geometry(pools[name]), []).append(name)
+        self.parts = [tuple(names) for names in groups.values()]
+        self.projections = nn.ModuleList(
+            linear_from(torch.cat([weights[n][0] for n in names]), torch.cat([weights[n][1] for n in names]))
+            for names in self.parts
+        )
+        self.pools = nn.ModuleList(pool(list(names)) for names in self.parts)
+        if queries == "cls":
+            self.q = linear_from(*weights["q"])
+            self.pool_q = pool(["q"])
 
-    def forward(self, x: torch.Tensor, queries: bool = True) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-        q = self.pool_q(self.q(x)) if queries else None
-        return q, self.pool_k(self.k(x)), self.pool_v(self.v(x))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for names, projection, pool in zip(self.parts, self.projections, self.pools, strict=True):
+            y = pool(projection(x))
+            for i, name in enumerate(names):
+                out[name] = y if len(names) == 1 else y[..., i * self.dim : (i + 1) * self.dim]
+        return out.get("q"), out["k"], out["v"]
 
     def cls_query(self, x: torch.Tensor) -> torch.Tensor:
         """The CLS token's query alone (``x`` starts with the CLS)."""
@@ -165,7 +212,7 @@ class DeploySelfBlock(nn.Module):
             None if m.shortcut_proj is None else linear_from(m.shortcut_proj.weight, m.shortcut_proj.bias)
         )
         self.shortcut_pool = DeployShortcutPool(m.q_stride, grid, has_cls) if m.q_stride > 1 else nn.Identity()
-        self.qkv = DeployViewAttention(m.attn, 0, grid, has_cls)
+        self.qkv = DeployViewAttention(m.attn, 0, grid, has_cls, queries="cls" if cls_only else "all")
         self.proj = linear_from(m.attn.proj.weight, m.attn.proj.bias)
         self.norm2 = LinearLayerNorm.from_module(m.norm2)
         self.mlp = DeployMlp(m.mlp)
@@ -175,7 +222,7 @@ class DeploySelfBlock(nn.Module):
         shortcut = x if self.shortcut_proj is None else self.shortcut_proj(x_norm)
         shortcut = self.shortcut_pool(shortcut)
         if self.cls_only:  # the head reads the CLS only: one query, one residual row, one MLP row
-            _, k, v = self.qkv(x_norm, queries=False)
+            _, k, v = self.qkv(x_norm)
             q, shortcut = self.qkv.cls_query(x_norm), shortcut[:, :1]
         else:
             q, k, v = self.qkv(x_norm)
@@ -196,17 +243,15 @@ class DeployCrossBlock(nn.Module):
         self.live_views = list(live_views)
         self.norm1 = LinearLayerNorm.from_module(m.norm1)
         self.views = nn.ModuleList(
-            DeployViewAttention(m.attn, i, g, c) for i, (g, c) in enumerate(zip(grids, has_cls, strict=True))
+            DeployViewAttention(m.attn, i, g, c, queries="all" if i in live_views else "none")
+            for i, (g, c) in enumerate(zip(grids, has_cls, strict=True))
         )
         self.proj = linear_from(m.attn.proj.weight, m.attn.proj.bias)
         self.norm2 = LinearLayerNorm.from_module(m.norm2)
         self.mlp = DeployMlp(m.mlp)
 
     def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        projected = [
-            att(self.norm1(x), queries=i in self.live_views)
-            for i, (att, x) in enumerate(zip(self.views, views, strict=True))
-        ]
+        projected = [att(self.norm1(x)) for att, x in zip(self.views, views, strict=True)]
         k = torch.cat([k for _, k, _ in projected], dim=1)
         v = torch.cat([v for _, _, v in projected], dim=1)
         outs: list[torch.Tensor | None] = []

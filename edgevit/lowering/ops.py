@@ -14,6 +14,7 @@ from torch import nn
 
 __all__ = [
     "LinearLayerNorm",
+    "GroupedLayerNorm",
     "ShortRowSoftmax",
     "linear_silu",
     "fold_k3s2p1_nhwc",
@@ -31,11 +32,17 @@ class LinearLayerNorm(nn.Module):
 
     ExecuTorch's XNNPACK delegate takes neither ``native_layer_norm`` nor ``mean`` over the last axis, but
     it takes a fully-connected layer: mean(x) = x @ (1/C) and var(x) = (x - mean)^2 @ (1/C).
+
+    An affine ``groups`` times ``dim`` long normalises each ``dim``-wide group of the last axis on its own
+    (attention heads side by side, each with the per-head norm of MViTv2's pooling) before the affine.
     """
 
     def __init__(self, dim: int, eps: float, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
+        if weight.shape != bias.shape or weight.shape[0] % dim:
+            raise ValueError(f"the affine must be a multiple of {dim} long, got {tuple(weight.shape)}")
         self.eps = eps
+        self.groups = weight.shape[0] // dim
         self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim))
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = nn.Parameter(bias.detach().clone())
@@ -46,9 +53,11 @@ class LinearLayerNorm(nn.Module):
             raise ValueError("only an affine LayerNorm over the last axis is supported")
         return cls(norm.normalized_shape[0], norm.eps, norm.weight, norm.bias)
 
-    def to_layer_norm(self) -> nn.LayerNorm:
+    def to_layer_norm(self) -> nn.Module:
         """The native op again, for targets that take it (Core ML, ONNX) or fuse it (coremltools crashes
         on this form's Linear-to-one-feature in ``fuse_linear_bias``)."""
+        if self.groups > 1:
+            return GroupedLayerNorm(self.mean_weight.shape[1], self.eps, self.weight, self.bias)
         norm = nn.LayerNorm(self.weight.shape[0], eps=self.eps)
         with torch.no_grad():
             norm.weight.copy_(self.weight)
@@ -56,9 +65,31 @@ class LinearLayerNorm(nn.Module):
         return norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        if self.groups > 1:  # each group of the last axis normalised on its own, as rows of (B, N*groups, dim)
+            x = x.reshape(shape[0], -1, self.mean_weight.shape[1])
         centered = x - F.linear(x, self.mean_weight)
         var = F.linear(centered * centered, self.mean_weight)
-        return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        normalized = centered * torch.rsqrt(var + self.eps)
+        if self.groups > 1:
+            normalized = normalized.reshape(shape)
+        return normalized * self.weight + self.bias
+
+
+class GroupedLayerNorm(nn.Module):
+    """Native LayerNorm over each ``dim``-wide group of the last axis, then one affine over the whole axis:
+    a grouped :class:`LinearLayerNorm` for targets with a LayerNorm op."""
+
+    def __init__(self, dim: int, eps: float, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        normalized = F.layer_norm(x.reshape(shape[0], -1, self.dim), (self.dim,), eps=self.eps)
+        return normalized.reshape(shape) * self.weight + self.bias
 
 
 class ChannelLayerNorm(nn.Module):
