@@ -62,15 +62,16 @@ def test_mmvit_deploy_form_trains_with_qat_and_lowers_to_one_int8_partition(tmp_
     """QAT on MMViT's deploy form (shared weights untied, CLS slices, joint attention) through XNNPACK's own
     quantizer, then the .pte in ExecuTorch against the fake-quantized model. A tiny config keeps the test
     quick; `edgevit qat` on the registered variants runs the same functions."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
     from edgevit.lowering import lower
     from edgevit.models.mmvit import MMViT, MMViTConfig
     from edgevit.numerics import compare
+    from edgevit.recipe import default_recipe
     from edgevit.runtime import open_runner
     from edgevit.targets import executorch
-    from edgevit.recipe import default_recipe
     from edgevit.train.loop import train_epoch
     from edgevit.train.qat import convert_qat, prepare_qat
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
     torch.manual_seed(0)
     cfg = MMViTConfig(dims=(8, 16), heads=(1, 2), self_blocks=(0, 1), num_classes=3, img_size=64)
@@ -83,7 +84,7 @@ def test_mmvit_deploy_form_trains_with_qat_and_lowers_to_one_int8_partition(tmp_
     loss = train_epoch(prepared, optimizer, photos_64, labels, 4, torch.Generator().manual_seed(0))
     move_exported_model_to_eval(prepared)
     assert math.isfinite(loss)
-    moved = sum(not torch.equal(a, b) for a, b in zip(before, prepared.parameters()))
+    moved = sum(not torch.equal(a, b) for a, b in zip(before, prepared.parameters(), strict=True))
     assert moved == len(before), f"{len(before) - moved} weights got no gradient"
     with torch.no_grad():
         reference = prepared(photos_64).numpy()

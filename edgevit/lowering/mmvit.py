@@ -79,7 +79,9 @@ class DeployPool(nn.Module):
         d = conv.in_channels
         channels = d * heads * len(pools)
         self.grid, self.has_cls = grid, has_cls
-        self.conv = nn.Conv2d(channels, channels, conv.kernel_size, conv.stride, conv.padding, groups=channels, bias=False)
+        self.conv = nn.Conv2d(
+            channels, channels, conv.kernel_size, conv.stride, conv.padding, groups=channels, bias=False
+        )
         self.conv.weight.copy_(torch.cat([p.conv.weight.repeat(heads, 1, 1, 1) for p in pools]))
         weight = torch.cat([p.norm.weight.repeat(heads) * s for p, s in zip(pools, scales, strict=True)])
         bias = torch.cat([p.norm.bias.repeat(heads) * s for p, s in zip(pools, scales, strict=True)])

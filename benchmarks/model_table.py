@@ -1,0 +1,72 @@
+"""The README's per-model summary: size and cost from the registry, latency per target from
+benchmarks/results/MODEL.json (bench_model.py) and trained accuracy from benchmarks/results/accuracy.json
+(accuracy.py). It measures nothing itself; a model not measured yet shows a dash. Run by `make bench` and
+`make accuracy` after their measurements, or alone: python benchmarks/model_table.py --write-readme
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from readme_table import write_section
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("lvt", "mmvit_xs", "mmvit_s")
+LATENCY = (("onnx", "(b) ORT, training form"), ("pte", ".pte"), ("tflite", ".tflite"), ("onnx_lowered", ".onnx"))
+
+
+def _load(name: str) -> dict:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _ms(timing: dict, kind: str) -> str:
+    return f"{timing[kind]['median_ms']:.1f}" if kind in timing else "—"
+
+
+def _top1(accuracy: dict, stage: str) -> str:
+    value = accuracy.get("targets", {}).get("executorch", {}).get(stage)
+    return f"{value:.1%}" if value is not None else "—"
+
+
+def table() -> str:
+    from edgevit.export import model_stats
+
+    accuracy = _load("accuracy").get("models", {})
+    head = ["model", "params", "GMACs"] + [f"{label} ms" for _, label in LATENCY]
+    head += [".pte vs (b)", "digits top-1 fp32", "int8 PTQ", "int8 QAT"]
+    rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for name in MODELS:
+        stats, bench, acc = model_stats(name), _load(name), accuracy.get(name, {})
+        timing = bench.get("timing", {})
+        ratio = (
+            f"{timing['pte']['median_ms'] / timing['onnx']['median_ms']:.2f}x"
+            if "pte" in timing and "onnx" in timing
+            else "—"
+        )
+        cells = [f"`{name}`", f"{stats['params_m']:.2f} M", f"{stats['gmacs']:.2f}"]
+        cells += [_ms(timing, kind) for kind, _ in LATENCY] + [ratio]
+        cells += [_top1(acc, stage) for stage in ("fp32", "ptq", "qat")]
+        rows.append("| " + " | ".join(cells) + " |")
+    notes = (
+        "Latency: 224x224, batch 1, fp32, 2 threads on this machine, medians from `benchmarks/bench_model.py` "
+        "(full tables below). Accuracy: trained at 64x64 on the digits set, held-out split, scored by the "
+        "ExecuTorch artifact (int8: `executorch-xnnpack-int8`); other targets in the accuracy table."
+    )
+    return "\n".join(rows) + "\n\n" + notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-readme", action="store_true", help="write the table into README.md (bench:models)")
+    args = parser.parse_args()
+    body = table()
+    print(body)
+    if args.write_readme:
+        write_section("models", body)
+
+
+if __name__ == "__main__":
+    main()
