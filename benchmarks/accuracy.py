@@ -93,6 +93,7 @@ def measure(model_name: str, data: Path, epochs: int, qat_epochs: int) -> dict:
                 row["ptq_sqnr_db"] = result.manifest["numerics"].get("sqnr_db")
         if target != "onnx":
             log(f"{model_name} {target}: QAT")
+            (out / f"{target}.qat.pt").unlink(missing_ok=True)  # a measurement starts from the fp32 weights
             result, _ = qat_export(
                 model_name,
                 data / "train",

@@ -73,6 +73,14 @@ def test_qat_trains_checkpoints_resumes_and_exports(tmp_path, small):
     other = QATRun("lvt", "executorch", "executorch-xnnpack-int8", 96, ["0", "1", "2"])
     with pytest.raises(EdgevitError, match="checkpoint of another run"):
         load_checkpoint(checkpoint, other)
+    # so is one of the same run on another graph (an older deploy form) or from other --init weights
+    saved = torch.load(checkpoint, weights_only=False)["run"]
+    same = (saved["model"], saved["target"], saved["recipe"], 64, saved["classes"])
+    assert load_checkpoint(checkpoint, QATRun(*same, saved["init"], saved["graph"]))["epoch"] == 2
+    with pytest.raises(EdgevitError, match="another graph of lvt"):
+        load_checkpoint(checkpoint, QATRun(*same, saved["init"], "0" * 16))
+    with pytest.raises(EdgevitError, match="other --init weights"):
+        load_checkpoint(checkpoint, QATRun(*same, "0" * 64, saved["graph"]))
 
 
 def test_ctrl_c_keeps_the_last_good_checkpoint(tmp_path, small):

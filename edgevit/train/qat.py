@@ -4,6 +4,7 @@ deploy form, with a checkpoint after every epoch that an interrupted run resumes
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from ..errors import EdgevitError, Interrupted
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, path_sha256
 from ..models.registry import Size, size_text
 from ..quant.policy import untie_weights
 from ..quant.pt2e import _keep_float_quantizer, backend_quantizer
@@ -28,13 +29,17 @@ QAT_REFERENCE = "the QAT-trained model, fake-quantized, in PyTorch"
 
 @dataclass
 class QATRun:
-    """What identifies a run: a checkpoint resumes only the same model, target, size and classes."""
+    """What identifies a run: a checkpoint resumes only the same model, target, size and classes, from the
+    same ``--init`` weights (their sha256), on the same fake-quantized graph (its fingerprint: a deploy form
+    changed by another edgevit version has other nodes)."""
 
     model: str
     target: str
     recipe: str
     size: Size
     classes: list[str]
+    init: str | None = None
+    graph: str = ""
 
     def key(self) -> dict[str, Any]:
         return {
@@ -43,7 +48,14 @@ class QATRun:
             "recipe": self.recipe,
             "size": size_text(self.size),
             "classes": self.classes,
+            "init": self.init,
+            "graph": self.graph,
         }
+
+
+def graph_fingerprint(prepared: fx.GraphModule) -> str:
+    """sha256 of the state names: they follow the graph's nodes, and observers' names follow their count."""
+    return hashlib.sha256("\n".join(sorted(prepared.state_dict())).encode()).hexdigest()[:16]
 
 
 def prepare_qat(deploy: nn.Module, example: torch.Tensor, target: str, options: dict, keep_float: tuple[str, ...]):
@@ -84,7 +96,17 @@ def load_checkpoint(path: Path, run: QATRun) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise EdgevitError(f"{path} is not an edgevit QAT checkpoint; pass another --checkpoint path")
-    if state["run"] != run.key():
+    saved, key = state["run"], run.key()
+    if saved != key and all(saved.get(f) == key[f] for f in ("model", "target", "recipe", "size", "classes")):
+        if saved.get("init") != key["init"]:
+            raise EdgevitError(
+                f"{path} continues QAT from other --init weights; delete it or pass another --checkpoint path"
+            )
+        raise EdgevitError(
+            f"{path} was written for another graph of {run.model} (an earlier edgevit's deploy form); "
+            "delete it or pass another --checkpoint path to start over"
+        )
+    if saved != key:
         raise EdgevitError(
             f"{path} is a checkpoint of another run ({state['run']['model']}, {state['run']['recipe']}, "
             f"{state['run']['size']} px, {len(state['run']['classes'])} classes); pass another --checkpoint path"
@@ -214,10 +236,11 @@ def qat_export(
     held_out = load_labelled(val, entry.input_spec, size, train.classes, loading) if val else None
     torch.manual_seed(seed)
     model = create_model(model_name, init, input_size=size, num_classes=len(train.classes)).eval()
-    run = QATRun(model_name, target, chosen.name, size, train.classes)
     on_step("prepare QAT")
     deploy = lower(model, chosen.options.get("lowering", target))
     prepared = prepare_qat(deploy, train.images[:2], target, options, tuple(options["keep_float"]))
+    init_sha = path_sha256(Path(init)) if init else None
+    run = QATRun(model_name, target, chosen.name, size, train.classes, init_sha, graph_fingerprint(prepared))
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     try:
         history = train_qat(prepared, run, train, held_out, epochs, checkpoint, batch, lr, seed, on_step)
