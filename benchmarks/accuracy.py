@@ -58,7 +58,7 @@ def train_fp32(model_name: str, train, val, epochs: int, batch: int, lr: float) 
     return path, history
 
 
-def measure(model_name: str, data: Path, epochs: int, qat_epochs: int) -> dict:
+def measure(model_name: str, data: Path, epochs: int, qat_epochs: int, targets: list[str]) -> dict:
     """fp32 training, then fp32 / PTQ / QAT top-1 per target for one model."""
     from edgevit.export import export_model
     from edgevit.models import get_entry
@@ -72,7 +72,8 @@ def measure(model_name: str, data: Path, epochs: int, qat_epochs: int) -> dict:
     checkpoint, history = train_fp32(model_name, train, val, epochs, batch=32, lr=1e-3)
     out = OUT / model_name
     rows = {}
-    for target, (fp32_recipe, int8_recipe) in TARGETS.items():
+    for target in targets:
+        fp32_recipe, int8_recipe = TARGETS[target]
         row = {}
         for kind, recipe in (("fp32", fp32_recipe), ("ptq", int8_recipe)):
             log(f"{model_name} {target}: export {recipe}")
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lvt"], help="models to train and measure")
     parser.add_argument("--epochs", type=int, default=15, help="fp32 training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs, from the fp32 weights")
+    parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="targets to score")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
 
@@ -145,7 +147,7 @@ def main() -> None:
         write_digits(data, SIZE)
     saved = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
     for name in args.models:
-        saved[name] = measure(name, data, args.epochs, args.qat_epochs)
+        saved[name] = measure(name, data, args.epochs, args.qat_epochs, args.targets)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({"models": saved}, indent=2))
     body = table(saved)
