@@ -156,3 +156,16 @@ def test_sensitivity_report_finds_the_blocks_that_pass_the_gate(photos_64):
     assert report["fix"] and report["fix_sqnr_db"] >= threshold
     assert simulated_sqnr(requantize(tuple(report["fix"])), photos, reference) >= threshold
     assert "--keep-float " + report["fix"][0] in describe_fix(report)
+
+
+def test_coreml_calibration_covers_every_calibration_image():
+    """Core ML's quantizer calibrates with plain min/max: a moving average would keep the first image's range
+    and clip the larger activations of the later ones."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    calibration = torch.cat([torch.randn(1, 16) * scale for scale in (0.1, 1.0, 10.0)])
+    quantizer = backend_quantizer("coreml", {"scheme": "static", "per_channel": True, "io": "float"})
+    quantized = quantize(model, calibration[:1], quantizer, calibration)
+    with torch.no_grad():
+        largest = calibration[2:]
+        assert compare(model(largest).numpy(), quantized(largest).numpy())["sqnr_db"] >= 30
