@@ -34,9 +34,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_int8.py --rounds 3 --runs 30 --write-readme
 	$(BIN)/python benchmarks/model_table.py --write-readme
 
-# LVT and mmvit_xs trained on the offline digits set: fp32, PTQ and QAT accuracy per target (about 1.5 hours)
+# LVT and mmvit_xs trained on the offline digits set: fp32, PTQ and QAT accuracy per target; then every int8
+# recipe's gate on those weights and on mmvit_s trained alike (about 2.5 hours)
 accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py --models lvt mmvit_xs --write-readme
+	$(BIN)/python benchmarks/int8_gates.py --models lvt mmvit_xs mmvit_s --write-readme
 	$(BIN)/python benchmarks/model_table.py --write-readme
 
 lint: $(STAMP)

@@ -41,7 +41,13 @@ def bench(
     rounds: Annotated[
         int, typer.Option(min=1, help="Host: fresh processes per artifact, alternating between artifacts.")
     ] = 1,
-    op_profiling: Annotated[bool, typer.Option(help="Android .tflite: benchmark_model's per-op tables.")] = False,
+    op_profiling: Annotated[
+        bool,
+        typer.Option(
+            help="Per-op tables: for a .pte on the host, time per XNNPACK op type (ExecuTorch's ETDump, traced "
+            "runs apart from the timed ones); for a .tflite on Android, benchmark_model's tables."
+        ),
+    ] = False,
     json_file: Annotated[Path | None, typer.Option("--json", help="Write the records (raw samples) here.")] = None,
     plot_file: Annotated[Path | None, typer.Option("--plot", help="Write a PNG box plot of the samples here.")] = None,
     compare: Annotated[Path | None, typer.Option(help="An earlier --json file: show median ratios against it.")] = None,
@@ -57,7 +63,7 @@ def bench(
     from .bench.devices import get_profile
     from .bench.host import Settings
     from .bench.record import read_records, write_records
-    from .bench.report import compare_table, plot, results_table
+    from .bench.report import compare_table, op_profile_table, plot, results_table
     from .bench.run import bench as run_bench
     from .bench.run import check_artifacts
     from .fileio import check_writable_dir
@@ -77,6 +83,12 @@ def bench(
             artifacts, profile, settings, lambda s: progress.update(task, description=s), op_profiling=op_profiling
         )
     out.print(results_table(records))
+    for r in records:
+        profile = r.get("op_profile")
+        if profile and "ops" in profile:
+            out.print(op_profile_table(r["artifact"]["name"], profile))
+        elif profile and "error" in profile:
+            out.print(f"[yellow]{r['artifact']['name']}: no op profile: {profile['error']}[/]", highlight=False)
     for r in records:
         for flag in r.get("flags", []):
             out.print(f"[yellow]{r['artifact']['name']}: {flag}[/]", highlight=False)

@@ -128,12 +128,14 @@ def export_model(
     quantize_request: QuantizeRequest | None = None,
     prebuilt: Prebuilt | None = None,
     sensitivity: bool = True,
+    vs_fp32: bool = True,
 ) -> ExportResult:
     """Export ``model_name`` for ``target``; writes ``<model>-<recipe><suffix>`` and its manifest atomically.
 
     ``labels`` (one per class) go into the manifest, and make a Core ML export a classifier; ``image_input``
     gives a Core ML export an image input with the normalisation inside.
-    ``sensitivity`` runs the per-block report when an int8 artifact misses its SQNR gate.
+    ``sensitivity`` runs the per-block report when an int8 artifact misses its SQNR gate; ``vs_fp32`` measures
+    an int8 artifact's size and host latency against its fp32 twin (one more export, four timed processes).
     ``prebuilt`` hands in a model and its already-quantized deploy form (QAT) instead of building them.
     Raises :class:`EdgevitError` for bad input and :class:`GateError` when the artifact misses a gate (then
     nothing is written, unless ``allow_gate_failures``).
@@ -233,7 +235,7 @@ def export_model(
             failures = sqnr + [f for f in failures if ": SQNR " not in f]
         if not allow_gate_failures:
             raise_on_failures(failures)
-        if quantization is not None:  # only for an artifact that will be kept: it costs an fp32 export
+        if quantization is not None and vs_fp32:  # only for an artifact that will be kept: an fp32 export
             quantization["vs_fp32"] = compare_with_fp32(module, deploy, example, chosen, tmp, step)
 
         step("write")

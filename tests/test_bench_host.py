@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+from edgevit.bench.op_profile import WRAPPERS, summarize
+from edgevit.errors import EdgevitError
+
 from .conftest import run_cli
 
 FAST = ("--warmup", "1", "--runs", "5", "--min-seconds", "0")
@@ -16,7 +19,8 @@ FAST = ("--warmup", "1", "--runs", "5", "--min-seconds", "0")
 def bench_run(tiny_artifacts, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     paths = [str(tiny_artifacts[s]) for s in (".pte", ".tflite", ".onnx", ".mlpackage")]
-    proc = run_cli("bench", *paths, *FAST, "--rounds", "2", "--json", str(out / "b.json"), "--plot", str(out / "b.png"))
+    json_plot = ("--json", str(out / "b.json"), "--plot", str(out / "b.png"))
+    proc = run_cli("bench", *paths, *FAST, "--rounds", "2", "--op-profiling", *json_plot)
     return proc, out
 
 
@@ -43,6 +47,35 @@ def test_mlpackage_is_a_clear_skip_off_macos(bench_run):
     records = json.loads((bench_run[1] / "b.json").read_text())["records"]
     assert records[3]["status"] == "skipped" and "needs macOS" in records[3]["reason"]
     assert records[3]["samples_ms"] == [] and "skipped" in bench_run[0].stdout
+
+
+def test_op_profiling_says_where_a_pte_spends_its_time(bench_run):
+    proc, out = bench_run
+    pte, tflite = json.loads((out / "b.json").read_text())["records"][:2]
+    profile = pte["op_profile"]
+    assert profile["source"] == "ExecuTorch ETDump" and profile["runs"] >= 1
+    ops = {row["op"]: row for row in profile["ops"]}
+    assert any(op.startswith("Fully Connected") for op in ops)  # XNNPACK's own op names, "#n" stripped
+    assert not any("#" in op or op in WRAPPERS for op in ops)
+    assert sum(row["count"] for row in ops.values()) == profile["op_count"] > 10
+    assert sum(row["ms"] for row in ops.values()) == pytest.approx(profile["ops_ms"], rel=1e-3)
+    assert 0 < profile["ops_ms"] <= profile["execute_ms"]
+    assert "time per op type" in proc.stdout
+    assert ".pte files only" in tflite["op_profile"]["error"]  # said, not silently missing
+
+
+def test_op_profile_takes_the_median_run_after_the_warmup():
+    events = [
+        ("Method::execute", [50.0, 5.0, 9.0, 7.0]),
+        ("Fully Connected (NC, F32) GEMM #1", [40.0, 2.0, 6.0, 4.0]),
+        ("Fully Connected (NC, F32) GEMM #2", [5.0, 1.0, 1.0, 1.0]),
+        ("Softmax (NC, F32) #1", [1.0, 1.0, 1.0, 1.0]),
+    ]
+    summary = summarize(events, warmup=1)
+    assert summary["runs"] == 3 and summary["ops_ms"] == 6.0 and summary["execute_ms"] == 7.0  # run totals 4, 8, 6
+    assert summary["ops"][0] == {"op": "Fully Connected (NC, F32) GEMM", "count": 2, "ms": 5.0, "share": 0.8333}
+    with pytest.raises(EdgevitError, match="no timed run"):
+        summarize(events, warmup=4)
 
 
 def test_compare_against_an_earlier_run(bench_run, tiny_artifacts):

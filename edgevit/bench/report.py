@@ -119,3 +119,20 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def op_profile_table(name: str, profile: dict[str, Any], top: int = 12) -> Table:
+    """The op types that take the most time in the median traced run, the rest summed in one row."""
+    title = (
+        f"{name}: time per op type, median of {profile['runs']} traced runs ({profile['op_count']} ops, "
+        f"{profile['ops_ms']:.2f} ms of ops in a {profile['execute_ms']:.2f} ms run)"
+    )
+    table = Table("op", "count", "ms", "share", title=title)
+    rows = profile["ops"]
+    for row in rows[:top]:
+        table.add_row(row["op"], str(row["count"]), f"{row['ms']:.3f}", f"{row['share']:.1%}")
+    rest = rows[top:]
+    if rest:
+        ms, count = sum(r["ms"] for r in rest), sum(r["count"] for r in rest)
+        table.add_row(f"{len(rest)} other op types", str(count), f"{ms:.3f}", f"{ms / profile['ops_ms']:.1%}")
+    return table

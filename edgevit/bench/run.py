@@ -40,11 +40,12 @@ def bench(
     op_profiling: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per artifact, in the order given; failures are records too (status failed, samples kept).
-    ``op_profiling`` asks Android's benchmark_model for its per-op tables."""
+    ``op_profiling`` adds per-op tables: Android's benchmark_model for .tflite, ExecuTorch's ETDump for a .pte
+    on the host."""
     check_artifacts(paths)
     progress = progress or (lambda _: None)
     if device.kind == "host":
-        return bench_host(paths, device, settings, progress)
+        return bench_host(paths, device, settings, progress, op_profiling)
     if device.kind == "android":
         from .android import bench_android
 
@@ -53,7 +54,7 @@ def bench(
 
 
 def bench_host(
-    paths: list[Path], device: DeviceProfile, settings: Settings, progress: Progress
+    paths: list[Path], device: DeviceProfile, settings: Settings, progress: Progress, op_profiling: bool = False
 ) -> list[dict[str, Any]]:
     from ..runtime import host_cannot_run
 
@@ -94,8 +95,24 @@ def bench_host(
             "peak": max(res["memory_mb"]["peak"] for res in results),
             "model": max(res["memory_mb"]["peak"] - res["memory_mb"]["before_load"] for res in results),
         }
+    if op_profiling:
+        _add_op_profiles(records, rounds, settings, progress)
     env_after = host_environment()
     for rec in records.values():
         rec["environment"] = {"before": env_before, "after": env_after}
         finish(rec)
     return [records[p] for p in paths]
+
+
+def _add_op_profiles(records, timed: dict[Path, list], settings: Settings, progress: Progress) -> None:
+    """Per-op-type time of every timed .pte, in a traced process after the timed ones."""
+    from .op_profile import run_profile
+
+    for path, results in timed.items():
+        if not results:
+            continue
+        if path.suffix != ".pte":
+            records[path]["op_profile"] = {"error": "host op profiles read ExecuTorch's ETDump: .pte files only"}
+            continue
+        progress(f"{path.name}: op profile")
+        records[path]["op_profile"] = run_profile(path, settings.threads)

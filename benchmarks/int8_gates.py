@@ -1,0 +1,136 @@
+"""Does every int8 recipe pass its SQNR gate on a trained model?
+
+Per model: the fp32 weights trained on the digits by benchmarks/accuracy.py (trained here, with the same
+split, seed, epochs and size, when that run has not left them), then every int8 recipe exported with them at
+64x64, calibrated on training digits and checked on held-out ones: the gate `edgevit export` applies, in each
+target's runtime (Core ML: the quantized graph simulated in PyTorch, as off macOS the export itself does).
+
+Random weights are no test of int8 for MMViT: its untrained logits hardly differ between images, so rounding
+is a large share of what differs (docs/mmvit.md). Results merge per model into
+benchmarks/results/int8_gates.json; --write-readme puts the table into README.md (bench:int8-gates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from accuracy import OUT, SIZE, log, train_fp32
+from readme_table import write_section
+
+RESULTS = OUT.parents[1] / "results" / "int8_gates.json"
+# (target, recipe): every int8 recipe; tflite-int8-float-io quantizes as tflite-int8 does
+RECIPES = [
+    ("executorch", "executorch-xnnpack-int8"),
+    ("executorch", "executorch-xnnpack-dynamic-int8"),
+    ("tflite", "tflite-int8"),
+    ("tflite", "tflite-dynamic-int8"),
+    ("onnx", "onnx-int8"),
+    ("coreml", "coreml-w8a8"),
+]
+
+
+def trained_weights(model_name: str, data, epochs: int):
+    """accuracy.py's fp32 checkpoint of the model, trained now if that run has not written it."""
+    from edgevit.models import get_entry
+    from edgevit.train.folder import load_labelled
+
+    checkpoint = OUT / f"{model_name}-digits-fp32.pth"
+    if checkpoint.exists():
+        log(f"{model_name}: fp32 weights from {checkpoint.name}")
+        return checkpoint
+    spec = get_entry(model_name).input_spec
+    train = load_labelled(data / "train", spec, SIZE)
+    val = load_labelled(data / "val", spec, SIZE, train.classes)
+    checkpoint, _ = train_fp32(model_name, train, val, epochs, batch=32, lr=1e-3)
+    return checkpoint
+
+
+def gate_row(model_name: str, target: str, recipe: str, checkpoint, data) -> dict:
+    from edgevit.export import export_model
+    from edgevit.quant.flow import QuantizeRequest
+
+    t0 = time.perf_counter()
+    result = export_model(
+        model_name,
+        target,
+        recipe,
+        checkpoint=checkpoint,
+        input_size=SIZE,
+        output_dir=OUT / "gates" / model_name,
+        force=True,
+        images=data / "val" / "0",
+        quantize_request=QuantizeRequest(data / "train", 64),
+        allow_gate_failures=True,  # a missed gate is the finding to report
+        sensitivity=False,
+        vs_fp32=False,
+    )
+    manifest = result.manifest
+    numerics = manifest["numerics"]
+    measured = numerics.get("simulated") if "skipped" in numerics else numerics
+    return {
+        "sqnr_db": measured["sqnr_db"],
+        "top1_agreement": measured.get("top1_agreement"),
+        "runtime": "PyTorch simulation (Core ML needs macOS)" if "skipped" in numerics else "own runtime",
+        "min_sqnr_db": manifest["recipe"].get("gates", {}).get("min_sqnr_db"),
+        "passed": manifest["gates"]["passed"],
+        "failures": manifest["gates"]["failures"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def table(models: dict) -> str:
+    lines = [
+        "| model | recipe | SQNR vs fp32 | top-1 agree | gate | measured in |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for name, rows in models.items():
+        for recipe, row in rows.items():
+            top1 = f"{row['top1_agreement']:.0%}" if row.get("top1_agreement") is not None else "-"
+            verdict = "passed" if row["passed"] else "MISSED"
+            lines.append(
+                f"| {name} | {recipe} | {row['sqnr_db']:.1f} dB | {top1} | {verdict} (min {row['min_sqnr_db']} dB)"
+                f" | {row['runtime']} |"
+            )
+    return "\n".join(lines) + (
+        f"\n\nEach model trained on the digits at {SIZE}x{SIZE} (`benchmarks/accuracy.py`'s weights), every int8 "
+        "recipe calibrated on 64 training digits and compared with its fp32 model on 8 held-out ones "
+        "(`benchmarks/int8_gates.py`)."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["mmvit_xs", "mmvit_s"], help="models to gate")
+    parser.add_argument("--recipes", nargs="+", choices=[r for _, r in RECIPES], help="only these int8 recipes")
+    parser.add_argument("--epochs", type=int, default=15, help="fp32 training epochs when weights are missing")
+    parser.add_argument("--write-readme", action="store_true")
+    args = parser.parse_args()
+
+    from edgevit.train.digits import write_digits
+
+    data = OUT / "digits"
+    if not data.exists():
+        write_digits(data, SIZE)
+    saved = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
+    for name in args.models:
+        checkpoint = trained_weights(name, data, args.epochs)
+        rows = saved.get(name, {})
+        for target, recipe in RECIPES:
+            if args.recipes and recipe not in args.recipes:
+                continue
+            log(f"{name}: {recipe}")
+            rows[recipe] = gate_row(name, target, recipe, checkpoint, data)
+            log(f"{name}: {recipe}: {rows[recipe]['sqnr_db']:.1f} dB, passed {rows[recipe]['passed']}")
+            saved[name] = rows
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps({"models": saved}, indent=2))
+    body = table(saved)
+    print(body)
+    if args.write_readme:
+        write_section("int8-gates", body)
+
+
+if __name__ == "__main__":
+    main()
