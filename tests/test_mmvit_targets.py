@@ -95,3 +95,28 @@ def test_mmvit_deploy_form_trains_with_qat_and_lowers_to_one_int8_partition(tmp_
     artifact.write(path)
     numerics = compare(reference, open_runner(path).run_batch(photos_64.numpy()))
     assert numerics["sqnr_db"] >= 20, numerics
+
+
+def test_mmvit_coreml_w8a8_keeps_attention_products_float_and_no_transpose():
+    """Core ML's w8a8 program: Linear and conv weights and activations int8, the attention products float, so
+    coremltools still folds the keys' transpose into matmul (with them quantized: one transpose per attention)."""
+    from edgevit.lowering import lower
+    from edgevit.models import get_entry
+    from edgevit.models.mmvit import MMViT, MMViTConfig
+    from edgevit.quant.flow import QuantizeRequest, quantize_for_export
+    from edgevit.recipe import get_recipe
+    from edgevit.targets import coreml
+
+    torch.manual_seed(0)
+    cfg = MMViTConfig(dims=(8, 16), heads=(1, 2), self_blocks=(0, 1), num_classes=3, img_size=64)
+    deploy = lower(MMViT(cfg).eval(), "coreml")
+    recipe = get_recipe("coreml-w8a8")
+    example = torch.randn(1, 3, 64, 64)
+    plan = quantize_for_export(
+        deploy, example, recipe, get_entry("mmvit_xs").input_spec, 64, QuantizeRequest(calib_count=4), lambda _: None
+    )
+    matmuls = [n for n in plan.module.graph.nodes if n.target == torch.ops.aten.matmul.default]
+    assert matmuls and not any("dequantize" in str(arg.target) for n in matmuls for arg in n.all_input_nodes)
+    assert any("dequantize" in str(n.target) for n in plan.module.graph.nodes)  # the rest is int8
+    audit = coreml.export(plan.module, example, recipe).audit
+    assert audit["transposes"] == 0 and audit["ops"].get("quantize", 0) > 0, audit

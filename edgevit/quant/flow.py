@@ -19,7 +19,7 @@ from ..models.registry import InputSpec
 from ..recipe import Recipe
 from ..targets.base import ExportedArtifact
 from .calibration import calibration_batch, checked_calibration_paths
-from .policy import DYNAMIC_FLOAT_MODULES, adapt_for_dynamic
+from .policy import BACKEND_FLOAT_OPS, DYNAMIC_FLOAT_MODULES, adapt_for_dynamic
 from .pt2e import backend_quantizer, quant_options, quantize
 
 
@@ -87,12 +87,13 @@ def quantize_for_export(
         deploy = copy.deepcopy(deploy)
         adapt_for_dynamic(deploy, recipe.target)
     fold = recipe.target != "tflite"
-    quantized = quantize(deploy, example, quantizer, calib, keep_float, progress, float_types, fold_quantize=fold)
+    float_ops = BACKEND_FLOAT_OPS.get(recipe.target, ())
+    quantized = quantize(deploy, example, quantizer, calib, keep_float, progress, float_types, fold, float_ops)
     if dynamic:
         entry["activations"] = "int8, quantized at run time per call"
 
     def requantize(more_float: tuple[str, ...]) -> nn.Module:
-        return quantize(deploy, example, quantizer, calib, keep_float + more_float, None, float_types, fold)
+        return quantize(deploy, example, quantizer, calib, keep_float + more_float, None, float_types, fold, float_ops)
 
     return QuantizedDeploy(quantized, entry, requantize=requantize)
 

@@ -50,9 +50,20 @@ def adapt_for_dynamic(deploy: nn.Module, target: str) -> None:
                 module.as_linears = True
 
 
-def stays_float(node: fx.Node, keep_float: tuple[str, ...], extra_types: tuple[type, ...] = ()) -> bool:
-    """True for nodes inside a float-policy module type or under a module name the user keeps float
-    (``fnmatch`` patterns such as ``stages.0.*``; a name also covers everything beneath it)."""
+# aten ops that stay float on one backend. Core ML: the attention products of two activations. coremltools folds
+# the keys' transpose into its matmul only when no quantize/dequantize pair sits between them (mmvit_s's w8a8
+# program: 27 transposes instead of 0)
+BACKEND_FLOAT_OPS: dict[str, tuple] = {"coreml": (torch.ops.aten.matmul.default, torch.ops.aten.bmm.default)}
+
+
+def stays_float(
+    node: fx.Node, keep_float: tuple[str, ...], extra_types: tuple[type, ...] = (), float_ops: tuple = ()
+) -> bool:
+    """True for nodes inside a float-policy module type, of a backend's float op (``float_ops``) or under a
+    module name the user keeps float (``fnmatch`` patterns such as ``stages.0.*``; a name also covers everything
+    beneath it)."""
+    if node.target in float_ops:
+        return True
     stack = (node.meta.get("nn_module_stack") or {}).values()
     return scope_stays_float([path for path, _ in stack], [kind for _, kind in stack], keep_float, extra_types)
 
@@ -126,14 +137,16 @@ def _tensor_attr(gm: fx.GraphModule, target: str) -> torch.Tensor | None:
     return None
 
 
-def mark_float(gm: fx.GraphModule, keep_float: tuple[str, ...], extra_types: tuple[type, ...] = ()) -> int:
+def mark_float(
+    gm: fx.GraphModule, keep_float: tuple[str, ...], extra_types: tuple[type, ...] = (), float_ops: tuple = ()
+) -> int:
     """Mark the nodes that stay float as already annotated, so the backend's quantizer leaves them alone."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
     from torchao.quantization.pt2e.quantizer.utils import Q_ANNOTATION_KEY
 
     marked = 0
     for node in gm.graph.nodes:
-        if node.op == "call_function" and stays_float(node, keep_float, extra_types):
+        if node.op == "call_function" and stays_float(node, keep_float, extra_types, float_ops):
             node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
             marked += 1
     return marked

@@ -124,7 +124,7 @@ def memoize_coreml_pattern_graphs() -> None:
     utils._get_aten_graph_module = memoized
 
 
-def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple[type, ...]):
+def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple[type, ...], float_ops=()):
     """Wrap ``inner`` so the float policy's nodes are marked annotated before it annotates the rest."""
     from torchao.quantization.pt2e.quantizer import Quantizer
 
@@ -133,7 +133,7 @@ def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple
             return inner.transform_for_annotation(model)
 
         def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
-            mark_float(model, keep_float, extra_types)
+            mark_float(model, keep_float, extra_types, float_ops)
             # the Core ML quantizer prunes the graph and regenerates the model's Python code before each of
             # its ~400 pattern matches (most of its annotation time); matching only reads the graph, so both
             # run once, here
@@ -161,16 +161,18 @@ def quantize(
     progress: Callable[[int, int], None] | None = None,
     float_types: tuple[type, ...] = (),
     fold_quantize: bool = True,
+    float_ops: tuple = (),
 ) -> fx.GraphModule:
     """PTQ of a deploy form: export, untie shared weights, annotate (float policy first), calibrate, convert.
 
-    ``float_types`` are module types kept float on top of the policy's. ``fold_quantize=False`` keeps weights
-    as float constants behind quantize/dequantize pairs, the form litert-torch's converter reads."""
+    ``float_types`` are module types and ``float_ops`` aten ops kept float on top of the policy's.
+    ``fold_quantize=False`` keeps weights as float constants behind quantize/dequantize pairs, the form
+    litert-torch's converter reads."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     gm = torch.export.export(deploy.eval(), (example,), strict=False).module()
     copies = untie_weights(gm)
-    prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), float_types))
+    prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), float_types, float_ops))
     with torch.no_grad():
         for i in range(len(calibration)):
             prepared(calibration[i : i + 1])

@@ -17,7 +17,7 @@ from torch import fx, nn
 from ..errors import EdgevitError, Interrupted
 from ..fileio import atomic_write_json, path_sha256
 from ..models.registry import Size, size_text
-from ..quant.policy import untie_weights
+from ..quant.policy import BACKEND_FLOAT_OPS, untie_weights
 from ..quant.pt2e import _keep_float_quantizer, backend_quantizer
 from .folder import LabelledImages
 from .loop import accuracy, train_epoch
@@ -69,7 +69,7 @@ def prepare_qat(deploy: nn.Module, example: torch.Tensor, target: str, options: 
     for param in gm.parameters():  # untied copies are registered frozen; QAT trains every weight
         param.requires_grad_(True)
     quantizer = backend_quantizer(target, options, qat=True)
-    return prepare_qat_pt2e(gm, _keep_float_quantizer(quantizer, keep_float, ()))
+    return prepare_qat_pt2e(gm, _keep_float_quantizer(quantizer, keep_float, (), BACKEND_FLOAT_OPS.get(target, ())))
 
 
 def save_checkpoint(path: Path, run: QATRun, prepared: fx.GraphModule, optimizer, epoch: int, history: list) -> None:
