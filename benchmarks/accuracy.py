@@ -36,6 +36,23 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def digits_folder() -> Path:
+    """The digits as class folders (train/, val/) under OUT, written on first use."""
+    from edgevit.train.digits import write_digits
+
+    data = OUT / "digits"
+    if not data.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        write_digits(data, SIZE)
+    return data
+
+
+def save_models(path: Path, saved: dict) -> None:
+    """Per-model results, written after each model so a stopped run keeps what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"models": saved}, indent=2))
+
+
 def train_fp32(model_name: str, train, val, epochs: int, batch: int, lr: float) -> tuple[Path, list[dict]]:
     from edgevit.models import create_model
     from edgevit.train.loop import accuracy, train_epoch
@@ -139,12 +156,7 @@ def main() -> None:
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
 
-    from edgevit.train.digits import write_digits
-
-    OUT.mkdir(parents=True, exist_ok=True)
-    data = OUT / "digits"
-    if not data.exists():
-        write_digits(data, SIZE)
+    data = digits_folder()
     saved = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
     for name in args.models:
         result = measure(name, data, args.epochs, args.qat_epochs, args.targets)
@@ -153,8 +165,7 @@ def main() -> None:
             # a run over some targets keeps the others' figures from the same settings
             result["targets"] = {**previous.get("targets", {}), **result["targets"]}
         saved[name] = result
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"models": saved}, indent=2))
+        save_models(RESULTS, saved)
     body = table(saved)
     print(body)
     if args.write_readme:

@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from accuracy import OUT, SIZE, log, train_fp32
+from accuracy import OUT, SIZE, digits_folder, log, save_models, train_fp32
 from readme_table import write_section
 
 RESULTS = OUT.parents[1] / "results" / "int8_gates.json"
@@ -108,11 +108,7 @@ def main() -> None:
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
 
-    from edgevit.train.digits import write_digits
-
-    data = OUT / "digits"
-    if not data.exists():
-        write_digits(data, SIZE)
+    data = digits_folder()
     saved = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
     for name in args.models:
         checkpoint = trained_weights(name, data, args.epochs)
@@ -124,8 +120,7 @@ def main() -> None:
             rows[recipe] = gate_row(name, target, recipe, checkpoint, data)
             log(f"{name}: {recipe}: {rows[recipe]['sqnr_db']:.1f} dB, passed {rows[recipe]['passed']}")
             saved[name] = rows
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps({"models": saved}, indent=2))
+            save_models(RESULTS, saved)
     body = table(saved)
     print(body)
     if args.write_readme:
