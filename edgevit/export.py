@@ -227,9 +227,9 @@ def export_model(
             and gated["sqnr_db"] < threshold
         ):
             step("find the blocks that cost the most SQNR")
-            report = sensitivity_report(
-                plan.requantize, list(candidate_blocks(deploy)), photos, reference, threshold, step
-            )
+            blocks = list(candidate_blocks(deploy))
+            view = plan.float_view or plan.requantize
+            report = sensitivity_report(view, blocks, photos, reference, threshold, step, confirm=plan.requantize)
             quantization["sensitivity"] = report
             sqnr = [f"{f}; {describe_fix(report)}" for f in failures if ": SQNR " in f]
             failures = sqnr + [f for f in failures if ": SQNR " not in f]

@@ -14,7 +14,14 @@ from edgevit.numerics import compare
 from edgevit.quant import backend_quantizer, calibration_batch, quantize
 from edgevit.quant.calibration import checked_calibration_paths
 from edgevit.quant.policy import DYNAMIC_FLOAT_MODULES, untie_weights
-from edgevit.quant.sensitivity import candidate_blocks, describe_fix, sensitivity_report, simulated_sqnr
+from edgevit.quant.pt2e import calibrated, converted
+from edgevit.quant.sensitivity import (
+    candidate_blocks,
+    describe_fix,
+    sensitivity_report,
+    simulated_sqnr,
+    with_blocks_float,
+)
 from edgevit.recipe import get_recipe
 from edgevit.runtime import open_runner
 from edgevit.targets import executorch as et
@@ -146,13 +153,28 @@ def test_sensitivity_report_finds_the_blocks_that_pass_the_gate(photos_64):
     def requantize(more_float):
         return quantize(deploy, X, quantizer, calib, more_float)
 
+    prepared, copies = calibrated(deploy, X, quantizer, calib)
+    unfolded = converted(prepared, copies, fold_quantize=False)
+
+    def view(more_float):
+        return with_blocks_float(unfolded, more_float)
+
+    # on XNNPACK a view of blocks kept float is exactly what re-quantizing with them float gives
     blocks = list(candidate_blocks(deploy))
     assert blocks[0] == "stages.0.0" and "head" in blocks
-    first = sensitivity_report(requantize, blocks, photos, reference, threshold=200.0)
+    def outputs(graph):
+        with torch.no_grad():
+            return torch.cat([graph(photos[i : i + 1]) for i in range(len(photos))])
+
+    for kept in [("stages.0.1",), ("stages.1.0", "head")]:
+        assert torch.equal(outputs(view(kept)), outputs(requantize(kept))), kept
+    assert not torch.equal(outputs(view(("stages.0.1",))), outputs(unfolded))
+
+    first = sensitivity_report(view, blocks, photos, reference, threshold=200.0, confirm=requantize)
     assert first["fix"] is None and first["blocks"][0]["sqnr_db_if_float"] >= first["blocks"][-1]["sqnr_db_if_float"]
     # a threshold between int8 and the best single block kept float: the fix exists and really passes
     threshold = (first["baseline_sqnr_db"] + first["blocks"][0]["sqnr_db_if_float"]) / 2
-    report = sensitivity_report(requantize, blocks, photos, reference, threshold)
+    report = sensitivity_report(view, blocks, photos, reference, threshold, confirm=requantize)
     assert report["fix"] and report["fix_sqnr_db"] >= threshold
     assert simulated_sqnr(requantize(tuple(report["fix"])), photos, reference) >= threshold
     assert "--keep-float " + report["fix"][0] in describe_fix(report)

@@ -20,7 +20,8 @@ from ..recipe import Recipe
 from ..targets.base import ExportedArtifact
 from .calibration import calibration_batch, checked_calibration_paths
 from .policy import BACKEND_FLOAT_OPS, DYNAMIC_FLOAT_MODULES, adapt_for_dynamic
-from .pt2e import backend_quantizer, quant_options, quantize
+from .pt2e import backend_quantizer, calibrated, converted, quant_options, quantize
+from .sensitivity import with_blocks_float
 
 
 @dataclass
@@ -40,8 +41,10 @@ class QuantizedDeploy:
     module: nn.Module
     entry: dict[str, Any]
     rewrite: Callable[[ExportedArtifact], ExportedArtifact] | None = None
-    # the same quantization with more module names kept float (for the sensitivity report)
+    # the same quantization with more module names kept float (for the sensitivity report): a real
+    # re-quantization, and its quick simulation on this calibration
     requantize: Callable[[tuple[str, ...]], nn.Module] | None = None
+    float_view: Callable[[tuple[str, ...]], nn.Module] | None = None
 
 
 def quantize_for_export(
@@ -88,14 +91,20 @@ def quantize_for_export(
         adapt_for_dynamic(deploy, recipe.target)
     fold = recipe.target != "tflite"
     float_ops = BACKEND_FLOAT_OPS.get(recipe.target, ())
-    quantized = quantize(deploy, example, quantizer, calib, keep_float, progress, float_types, fold, float_ops)
+    prepared, copies = calibrated(deploy, example, quantizer, calib, keep_float, progress, float_types, float_ops)
+    # the sensitivity report's views need weights as float constants behind quantize/dequantize pairs
+    unfolded = converted(copy.deepcopy(prepared), copies, fold_quantize=False) if fold else None
+    quantized = converted(prepared, copies, fold)
     if dynamic:
         entry["activations"] = "int8, quantized at run time per call"
 
     def requantize(more_float: tuple[str, ...]) -> nn.Module:
         return quantize(deploy, example, quantizer, calib, keep_float + more_float, None, float_types, fold, float_ops)
 
-    return QuantizedDeploy(quantized, entry, requantize=requantize)
+    def float_view(more_float: tuple[str, ...]) -> nn.Module:
+        return with_blocks_float(unfolded if fold else quantized, more_float)
+
+    return QuantizedDeploy(quantized, entry, requantize=requantize, float_view=float_view)
 
 
 def _onnx_rewrite(calibration, per_channel: bool, keep_float: tuple[str, ...], step):

@@ -152,6 +152,41 @@ def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple
     return KeepFloat()
 
 
+def calibrated(
+    deploy: nn.Module,
+    example: torch.Tensor,
+    quantizer,
+    calibration: torch.Tensor,
+    keep_float: tuple[str, ...] = (),
+    progress: Callable[[int, int], None] | None = None,
+    float_types: tuple[type, ...] = (),
+    float_ops: tuple = (),
+) -> tuple[fx.GraphModule, dict[str, str]]:
+    """Export, untie shared weights, annotate (float policy first) and calibrate: the observed graph that
+    :func:`converted` turns into a quantized one, and the untied weight copies."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    gm = torch.export.export(deploy.eval(), (example,), strict=False).module()
+    copies = untie_weights(gm)
+    prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), float_types, float_ops))
+    with torch.no_grad():
+        for i in range(len(calibration)):
+            prepared(calibration[i : i + 1])
+            if progress:
+                progress(i + 1, len(calibration))
+    return prepared, copies
+
+
+def converted(prepared: fx.GraphModule, copies: dict[str, str], fold_quantize: bool = True) -> fx.GraphModule:
+    """The quantized graph of a calibrated one (which this consumes). ``fold_quantize=False`` keeps weights as
+    float constants behind quantize/dequantize pairs, the form litert-torch's converter reads."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    result = convert_pt2e(prepared, fold_quantize=fold_quantize)
+    retie_float_copies(result, copies)
+    return result
+
+
 def quantize(
     deploy: nn.Module,
     example: torch.Tensor,
@@ -163,21 +198,8 @@ def quantize(
     fold_quantize: bool = True,
     float_ops: tuple = (),
 ) -> fx.GraphModule:
-    """PTQ of a deploy form: export, untie shared weights, annotate (float policy first), calibrate, convert.
+    """PTQ of a deploy form: :func:`calibrated`, then :func:`converted`.
 
-    ``float_types`` are module types and ``float_ops`` aten ops kept float on top of the policy's.
-    ``fold_quantize=False`` keeps weights as float constants behind quantize/dequantize pairs, the form
-    litert-torch's converter reads."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    gm = torch.export.export(deploy.eval(), (example,), strict=False).module()
-    copies = untie_weights(gm)
-    prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), float_types, float_ops))
-    with torch.no_grad():
-        for i in range(len(calibration)):
-            prepared(calibration[i : i + 1])
-            if progress:
-                progress(i + 1, len(calibration))
-    converted = convert_pt2e(prepared, fold_quantize=fold_quantize)
-    retie_float_copies(converted, copies)
-    return converted
+    ``float_types`` are module types and ``float_ops`` aten ops kept float on top of the policy's."""
+    prepared, copies = calibrated(deploy, example, quantizer, calibration, keep_float, progress, float_types, float_ops)
+    return converted(prepared, copies, fold_quantize)
