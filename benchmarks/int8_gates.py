@@ -33,13 +33,18 @@ RECIPES = [
 
 def trained_weights(model_name: str, data, epochs: int):
     """accuracy.py's fp32 checkpoint of the model, trained now if that run has not written it."""
-    from edgevit.models import get_entry
+    from edgevit.errors import EdgevitError
+    from edgevit.models import create_model, get_entry
     from edgevit.train.folder import load_labelled
 
     checkpoint = OUT / f"{model_name}-digits-fp32.pth"
     if checkpoint.exists():
-        log(f"{model_name}: fp32 weights from {checkpoint.name}")
-        return checkpoint
+        try:  # written by an older model definition, it no longer loads: train again
+            create_model(model_name, checkpoint, input_size=SIZE)
+            log(f"{model_name}: fp32 weights from {checkpoint.name}")
+            return checkpoint
+        except EdgevitError as e:
+            log(f"{model_name}: {checkpoint.name} does not load into this model ({e}); training again")
     spec = get_entry(model_name).input_spec
     train = load_labelled(data / "train", spec, SIZE)
     val = load_labelled(data / "val", spec, SIZE, train.classes)
