@@ -1,10 +1,11 @@
 """Per-layer sensitivity: which blocks cost the most accuracy in int8, and which to keep float to pass a gate.
 
 The model is calibrated once. Keeping a block float is simulated on that one quantized graph by feeding the
-block's ops their inputs and weights without the quantize/dequantize round trip (static ranges are observed
-on the float model, so they do not depend on which blocks are float); the graph is run in PyTorch on the
-same photos, and the gain in SQNR ranks the blocks. The fix is the shortest prefix of that ranking that,
-kept float together, reaches the threshold; a real re-quantization with those blocks float confirms it.
+block's ops their inputs and weights without the quantize/dequantize round trip; the graph is run in PyTorch
+on the same photos, and the gain in SQNR ranks the blocks. XNNPACK's observers watch the float model, so
+there this equals a re-quantization; Core ML's quantizer fake-quantizes while it calibrates, so its ranges
+shift a little with what is float. The fix is the shortest prefix of the ranking that, kept float together,
+reaches the threshold; a real re-quantization with those blocks float confirms it.
 """
 
 from __future__ import annotations
