@@ -44,50 +44,15 @@ def test_bad_data_folders_are_one_line_errors(tmp_path, small):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_qat_trains_checkpoints_resumes_and_exports(tmp_path, small):
-    args = ["qat", "lvt", "--data", str(small / "train"), "--val", str(small / "val"), "--target", "executorch"]
-    args += ["--input-size", "64", "--batch-size", "12", "--output-dir", str(tmp_path), "--json"]
-    first = run_cli(*args, "--epochs", "1")
-    assert first.returncode == 0, first.stderr
-    manifest = json.loads(first.stdout)
-    qat = manifest["quantization"]["qat"]
-    assert [h["epoch"] for h in qat["history"]] == [1] and qat["classes"] == ["0", "1", "2"]
-    assert manifest["numerics"]["reference"].startswith("the QAT-trained model")
-    assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["gates"]["passed"]
-    assert manifest["output"]["shape"] == [1, 3] and manifest["labels"] == ["0", "1", "2"]
-    assert 0.0 <= qat["val_accuracy_artifact"] <= 1.0
+def test_qat_checkpoints_survives_ctrl_c_resumes_and_exports(tmp_path, small):
+    """One run, as a user lives it: Ctrl-C after the first checkpoint keeps it and exports nothing; the same
+    command with more epochs resumes after the saved ones and exports the gated int8 artifact."""
     checkpoint = tmp_path / "lvt-executorch-xnnpack-int8.qat.pt"
-    assert checkpoint.exists()
-
-    # a second run with more epochs resumes after epoch 1 instead of starting over
-    second = run_cli(*args, "--epochs", "2", "--force")
-    assert second.returncode == 0, second.stderr
-    history = json.loads(second.stdout)["quantization"]["qat"]["history"]
-    assert [h["epoch"] for h in history] == [1, 2] and history[0] == qat["history"][0]
-    assert json.loads(second.stdout)["weights"]["checkpoint"] == str(checkpoint)
-    # without --force an existing artifact stops the run before any training
-    third = run_cli(*args, "--epochs", "3")
-    assert third.returncode == 2 and "--force" in third.stderr and "epoch 3" not in third.stderr
-
-    # another run's checkpoint is refused, not silently reused
-    other = QATRun("lvt", "executorch", "executorch-xnnpack-int8", 96, ["0", "1", "2"])
-    with pytest.raises(EdgevitError, match="checkpoint of another run"):
-        load_checkpoint(checkpoint, other)
-    # so is one of the same run on another graph (an older deploy form) or from other --init weights
-    saved = torch.load(checkpoint, weights_only=False)["run"]
-    same = (saved["model"], saved["target"], saved["recipe"], 64, saved["classes"])
-    assert load_checkpoint(checkpoint, QATRun(*same, saved["init"], saved["graph"]))["epoch"] == 2
-    with pytest.raises(EdgevitError, match="another graph of lvt"):
-        load_checkpoint(checkpoint, QATRun(*same, saved["init"], "0" * 16))
-    with pytest.raises(EdgevitError, match="other --init weights"):
-        load_checkpoint(checkpoint, QATRun(*same, "0" * 64, saved["graph"]))
-
-
-def test_ctrl_c_keeps_the_last_good_checkpoint(tmp_path, small):
-    checkpoint = tmp_path / "run.qat.pt"
-    cmd = [*EDGEVIT, "qat", "lvt", "--data", str(small / "train"), "--target", "executorch", "--input-size", "64"]
-    cmd += ["--batch-size", "4", "--epochs", "50", "--checkpoint", str(checkpoint), "--output-dir", str(tmp_path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["qat", "lvt", "--data", str(small / "train"), "--val", str(small / "val"), "--target", "executorch"]
+    args += ["--input-size", "64", "--batch-size", "12", "--output-dir", str(tmp_path)]
+    proc = subprocess.Popen(
+        [*EDGEVIT, *args, "--epochs", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 600
     while not checkpoint.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
@@ -96,8 +61,38 @@ def test_ctrl_c_keeps_the_last_good_checkpoint(tmp_path, small):
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130 and "last good checkpoint is" in stderr and "rerun to resume" in stderr
     state = torch.load(checkpoint, weights_only=False)
-    assert state["epoch"] >= 1 and len(state["history"]) == state["epoch"]
+    done = state["epoch"]
+    assert done >= 1 and [h["epoch"] for h in state["history"]] == list(range(1, done + 1))
     assert not list(tmp_path.glob("*.pte"))  # nothing exported from an interrupted run
+
+    # the same command with one epoch more resumes after the saved ones instead of starting over
+    resumed = run_cli(*args, "--epochs", str(done + 1), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads(resumed.stdout)
+    qat = manifest["quantization"]["qat"]
+    assert [h["epoch"] for h in qat["history"]] == list(range(1, done + 2))
+    assert qat["history"][:done] == state["history"] and qat["classes"] == ["0", "1", "2"]
+    assert manifest["weights"]["checkpoint"] == str(checkpoint)
+    assert manifest["numerics"]["reference"].startswith("the QAT-trained model")
+    assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["gates"]["passed"]
+    assert manifest["output"]["shape"] == [1, 3] and manifest["labels"] == ["0", "1", "2"]
+    assert 0.0 <= qat["val_accuracy_artifact"] <= 1.0
+    # without --force an existing artifact stops the run before any training
+    again = run_cli(*args, "--epochs", str(done + 2))
+    assert again.returncode == 2 and "--force" in again.stderr and f"epoch {done + 2}" not in again.stderr
+
+    # another run's checkpoint is refused, not silently reused
+    other = QATRun("lvt", "executorch", "executorch-xnnpack-int8", 96, ["0", "1", "2"])
+    with pytest.raises(EdgevitError, match="checkpoint of another run"):
+        load_checkpoint(checkpoint, other)
+    # so is one of the same run on another graph (an older deploy form) or from other --init weights
+    saved = torch.load(checkpoint, weights_only=False)["run"]
+    same = (saved["model"], saved["target"], saved["recipe"], 64, saved["classes"])
+    assert load_checkpoint(checkpoint, QATRun(*same, saved["init"], saved["graph"]))["epoch"] == done + 1
+    with pytest.raises(EdgevitError, match="another graph of lvt"):
+        load_checkpoint(checkpoint, QATRun(*same, saved["init"], "0" * 16))
+    with pytest.raises(EdgevitError, match="other --init weights"):
+        load_checkpoint(checkpoint, QATRun(*same, "0" * 64, saved["graph"]))
 
 
 @pytest.mark.parametrize("target", ["tflite", "coreml"])
