@@ -53,8 +53,10 @@ def _tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 
 def _map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C), permuted before the reshape: XNNPACK stores a conv's output NHWC, so that
+    permute moves no data in the delegate (a reshape first would copy it to NCHW and back)."""
     B, C, _, _ = x.shape
-    return x.reshape(B, C, -1).transpose(1, 2)
+    return x.permute(0, 2, 3, 1).reshape(B, -1, C)
 
 
 class DeployPool(nn.Module):

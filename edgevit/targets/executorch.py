@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -57,10 +59,41 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
     program = torch.export.export(model, (example,), strict=False)
     rank, rank_op = max_tensor_rank(program.graph)
     ops = op_counts(program.graph)
-    edge = to_edge_transform_and_lower(program, partitioner=_partitioners(recipe))
+    with _xnnpack_layout_pass():
+        edge = to_edge_transform_and_lower(program, partitioner=_partitioners(recipe))
     audit = audit_lowered(edge.exported_program().graph_module)
     audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
     return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
+
+
+@contextmanager
+def _xnnpack_layout_pass() -> Iterator[None]:
+    """Add edgevit's layout passes to XNNPACK's own while a program is lowered (the delegate takes no extra
+    passes as an argument): one just before its channels-last pass, one after the last."""
+    from executorch.backends.xnnpack import xnnpack_preprocess
+    from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import ChannelsLastTaggedReshapePass
+
+    from .xnnpack_layout import PinPermutesContiguousPass, RemoveLayoutRoundTripsPass
+
+    base = xnnpack_preprocess.XNNPACKPassManager
+
+    class PassManager(base):
+        def __init__(self, exported_program, passes=None) -> None:
+            super().__init__(exported_program, passes)
+            if passes is None:  # the default list; a dynamic-linear preprocess names its own
+                at = self.passes.index(ChannelsLastTaggedReshapePass)
+                self.passes = [
+                    *self.passes[:at],
+                    PinPermutesContiguousPass,
+                    *self.passes[at:],
+                    RemoveLayoutRoundTripsPass,
+                ]
+
+    xnnpack_preprocess.XNNPACKPassManager = PassManager
+    try:
+        yield
+    finally:
+        xnnpack_preprocess.XNNPACKPassManager = base
 
 
 def audit_lowered(gm: torch.fx.GraphModule) -> dict[str, Any]:
