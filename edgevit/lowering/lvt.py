@@ -77,9 +77,7 @@ class DeployCSA(nn.Module):
 
         # logits from the 2x2 average pool (taps (1,1), (1,2), (2,1), (2,2); the 1/4 is in the weights)
         pooled = taps[4] + taps[5] + taps[7] + taps[8]
-        # one row of 9 per (location, head, tap) on the W axis of (1, 1, rows, 9): with one channel, XNNPACK's
-        # channels-last copies around the softmax's max move no data
-        attn = self.softmax(self.attn(pooled).reshape(1, 1, B * L * heads * 9, 9))
+        attn = self.softmax(self.attn(pooled).reshape(1, B * L * heads, 9, 9))
         attn = attn.reshape(B * L * heads, 9, 9)  # rows: (b, location, head)
 
         stacked = torch.cat([t.reshape(1, B * L, C) for t in taps], dim=0)  # 9, B*L, C
