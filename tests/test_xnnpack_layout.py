@@ -48,7 +48,7 @@ def _transposes(path) -> int:
 @pytest.fixture(scope="module")
 def block_and_inputs():
     torch.manual_seed(0)
-    return TokensConvTokens().eval(), torch.randn(1, 12, 12, 16), torch.randn(4, 1, 12, 12, 16)
+    return TokensConvTokens().eval(), torch.randn(1, 12, 12, 16), torch.randn(4, 12, 12, 16)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
@@ -57,7 +57,7 @@ def test_layout_passes_remove_transposes_and_keep_every_output_bit(block_and_inp
     model = block
     if precision == "int8":
         quantizer = backend_quantizer("executorch", {"scheme": "static", "per_channel": True})
-        model = quantize(block, example, quantizer, batch.reshape(4, 12, 12, 16))
+        model = quantize(block, example, quantizer, batch)
     ours, theirs = tmp_path / "ours.pte", tmp_path / "theirs.pte"
     et.export(model, example, get_recipe(f"executorch-xnnpack-{precision}")).write(ours)
     theirs.write_bytes(_lower_without_layout_passes(model, example))
@@ -65,10 +65,9 @@ def test_layout_passes_remove_transposes_and_keep_every_output_bit(block_and_inp
     # XNNPACK's own lowering moves the tokens to NCHW and back around the convs; edgevit's passes remove that
     assert _transposes(theirs) >= 4
     assert _transposes(ours) == 0
-    for x in batch:
-        assert torch.equal(
-            torch.from_numpy(open_runner(ours).run(x.numpy())), torch.from_numpy(open_runner(theirs).run(x.numpy()))
-        )
+    ours_out = torch.from_numpy(open_runner(ours).run_batch(batch.numpy()))
+    theirs_out = torch.from_numpy(open_runner(theirs).run_batch(batch.numpy()))
+    assert torch.equal(ours_out, theirs_out)
     if precision == "fp32":
         with torch.no_grad():
-            torch.testing.assert_close(torch.from_numpy(open_runner(ours).run(example.numpy())), block(example))
+            torch.testing.assert_close(ours_out, block(batch))

@@ -93,7 +93,7 @@ class PinPermutesContiguousPass(XNNPACKPass):
                 self._quantize_before(graph, node, users[0])
                 for dq in [u for u in users[0].users if is_dequant(u)]:
                     pinned += self._pin(graph, dq, requantize=users[0])
-            elif not any(user.target == _TO_COPY or is_quant(user) for user in users):
+            elif not any(is_quant(user) for user in users):
                 pinned += self._pin(graph, node)
         if not pinned:
             return PassResult(graph_module, False)
@@ -123,6 +123,7 @@ class PinPermutesContiguousPass(XNNPACKPass):
 
     @staticmethod
     def _pin(graph: torch.fx.Graph, node: torch.fx.Node, requantize: torch.fx.Node | None = None) -> int:
+        """Put a copy to contiguous storage behind ``node`` (unless one is there); 1 if it did."""
         if any(user.target == _TO_COPY for user in node.users):
             return 0
         with graph.inserting_after(node):
