@@ -45,7 +45,7 @@ def build(out_dir: Path) -> dict[str, Path]:
             taps = self.patches(x)
             attn = self.softmax(self.attn(taps[4] + taps[5] + taps[7] + taps[8]).reshape(1, L * heads, 9, 9))
             stacked = torch.cat([t.reshape(1, L, C) for t in taps], dim=0)
-            values = torch.bmm(stacked, self.value_weight).reshape(9, L * heads, d).transpose(0, 1)
+            values = self.values(stacked).reshape(9, L * heads, d).transpose(0, 1)
             out = torch.bmm(attn.reshape(L * heads, 9, 9), values).reshape(L, heads, 9, d)
             z = out.permute(1, 3, 2, 0).reshape(1, C * 9, h, w)  # channel c*9 + tap (batch 1)
             y = F.conv_transpose2d(z, self.fold_weight, stride=2, padding=1, output_padding=1, groups=C)
