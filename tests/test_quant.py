@@ -14,7 +14,7 @@ from edgevit.numerics import compare
 from edgevit.quant import backend_quantizer, calibration_batch, quantize
 from edgevit.quant.calibration import checked_calibration_paths
 from edgevit.quant.policy import DYNAMIC_FLOAT_MODULES, untie_weights
-from edgevit.quant.pt2e import calibrated, converted
+from edgevit.quant.pt2e import calibrated, converted, copy_prepared
 from edgevit.quant.sensitivity import (
     candidate_blocks,
     describe_fix,
@@ -105,7 +105,11 @@ def test_dynamic_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos
     quantizer = backend_quantizer("executorch", {"scheme": "dynamic", "per_channel": True, "io": "float"})
     # other photos than the ones checked below
     calib = calibration_batch(checked_calibration_paths(None, 8), get_entry("lvt").input_spec, 64)
-    q = quantize(deploy, X, quantizer, calib, float_types=DYNAMIC_FLOAT_MODULES["executorch"])
+    prepared, copies = calibrated(deploy, X, quantizer, calib, float_types=DYNAMIC_FLOAT_MODULES["executorch"])
+    # the export flow converts a copy first (for the sensitivity views): the copy must convert, and alike
+    twin = converted(copy_prepared(prepared), copies)
+    q = converted(prepared, copies)
+    assert torch.equal(twin(photos_64[:1]), q(photos_64[:1]))
     recipe = get_recipe("executorch-xnnpack-dynamic-int8")
     artifact = et.export(q, X, recipe)
     assert artifact.audit["partitions"] <= recipe.gates.max_partitions and not artifact.audit["ops_outside"]

@@ -20,7 +20,7 @@ from ..recipe import Recipe
 from ..targets.base import ExportedArtifact
 from .calibration import calibration_batch, checked_calibration_paths
 from .policy import BACKEND_FLOAT_OPS, DYNAMIC_FLOAT_MODULES, adapt_for_dynamic
-from .pt2e import backend_quantizer, calibrated, converted, quant_options, quantize
+from .pt2e import backend_quantizer, calibrated, converted, copy_prepared, quant_options, quantize
 from .sensitivity import with_blocks_float
 
 
@@ -93,7 +93,7 @@ def quantize_for_export(
     float_ops = BACKEND_FLOAT_OPS.get(recipe.target, ())
     prepared, copies = calibrated(deploy, example, quantizer, calib, keep_float, progress, float_types, float_ops)
     # the sensitivity report's views need weights as float constants behind quantize/dequantize pairs
-    unfolded = converted(copy.deepcopy(prepared), copies, fold_quantize=False) if fold else None
+    unfolded = converted(copy_prepared(prepared), copies, fold_quantize=False) if fold else None
     quantized = converted(prepared, copies, fold)
     if dynamic:
         entry["activations"] = "int8, quantized at run time per call"

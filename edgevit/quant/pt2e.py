@@ -177,6 +177,23 @@ def calibrated(
     return prepared, copies
 
 
+def copy_prepared(prepared: fx.GraphModule) -> fx.GraphModule:
+    """A deep copy of a calibrated graph that :func:`converted` can consume. ``copy.deepcopy`` shares each
+    node's quantization annotation with the original, whose input map still names the original's nodes; torchao's
+    metadata pass then searches the wrong graph (for dynamic inputs, a search without end on residual graphs)."""
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    twin = copy.deepcopy(prepared)
+    by_name = {node.name: node for node in twin.graph.nodes}
+    for node in twin.graph.nodes:
+        annotation = node.meta.get(Q_ANNOTATION_KEY)
+        if annotation is not None:
+            annotation = copy.copy(annotation)
+            annotation.input_qspec_map = {by_name[n.name]: spec for n, spec in annotation.input_qspec_map.items()}
+            node.meta[Q_ANNOTATION_KEY] = annotation
+    return twin
+
+
 def converted(prepared: fx.GraphModule, copies: dict[str, str], fold_quantize: bool = True) -> fx.GraphModule:
     """The quantized graph of a calibrated one (which this consumes). ``fold_quantize=False`` keeps weights as
     float constants behind quantize/dequantize pairs, the form litert-torch's converter reads."""
