@@ -21,6 +21,13 @@ FAKE = Path(__file__).parent / "fake_android"
 MAX_KHZ = [1704000] * 4 + [2367000] * 3 + [3014000]
 
 
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 49.15
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp
+CPU implementer\t: 0x41
+"""
+
+
 def _wrapper(path: Path, script: Path, *args: str) -> Path:
     path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" {" ".join(args)} "$@"\n')
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
@@ -38,6 +45,8 @@ def phone(tmp_path):
         (freq / "scaling_governor").write_text("schedutil\n")
         (freq / "scaling_cur_freq").write_text(f"{khz // 2}\n")
         (freq / "cpuinfo_max_freq").write_text(f"{khz}\n")
+    (root / "proc").mkdir()
+    (root / "proc" / "cpuinfo").write_text(ARM_CPUINFO)
     adb_bin, tools, runners = tmp_path / "adb-bin", tmp_path / "phone-tools", tmp_path / "runners"
     for folder in (adb_bin, tools, runners):
         folder.mkdir()
@@ -113,6 +122,7 @@ def test_pte_and_tflite_on_the_phone(phone, tiny_artifacts):
     env = pte["environment"]["before"]
     assert env["model"] == "Pixel Fake" and env["soc"] == "Tensor G9" and env["thermal_status"] == 0
     assert env["battery_c"] == 29.0 and len(env["cpus"]) == 8 and env["cpus"][7]["max_khz"] == 3014000
+    assert env["int8_dot_products"] == ["Arm dot product (SDOT)"]
     assert pte["environment"]["after"]["thermal_status"] == 0 and "flags" not in pte
     # benchmark_model reports statistics (ms), its delegation and, asked for, its per-op tables
     assert tfl["status"] == "ok" and tfl["stats"]["n"] == 5 and tfl["stats"]["median"] > 0

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from edgevit.bench import android_env
+from edgevit.bench.cpu_features import cpu_flags, int8_dot_products
 from edgevit.bench.parsers import parse_benchmark_model, parse_executor_runner
+from edgevit.bench.report import int8_hardware_notes
 from edgevit.bench.stats import summarize
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -99,3 +101,33 @@ def test_phone_state_parsers():
 def test_big_core_mask(max_khz, mask):
     cpus = [{"cpu": i, "max_khz": f} for i, f in enumerate(max_khz)]
     assert android_env.big_core_mask(cpus) == mask
+
+
+@pytest.mark.parametrize(
+    "cpuinfo,found",
+    [
+        ("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nbugs\t\t: spectre_v1\n", []),  # AVX2 only (Zen 3)
+        ("processor\t: 0\nflags\t\t: avx2 avx512f avx512_vnni amx_int8\n", ["AVX-512 VNNI", "AMX-INT8"]),
+        (
+            "processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n",
+            ["Arm dot product (SDOT)", "Arm int8 matrix multiply (SMMLA)"],
+        ),
+        ("", []),
+    ],
+)
+def test_int8_dot_products_from_cpuinfo(cpuinfo, found):
+    assert int8_dot_products(cpu_flags(cpuinfo)) == found
+
+
+def test_int8_note_only_for_int8_artifacts_on_cores_without_dot_products(tmp_path):
+    for name, precision in (("m-int8", "int8"), ("m-fp32", "fp32")):
+        (tmp_path / f"{name}.pte").write_bytes(b"")
+        (tmp_path / f"{name}.manifest.json").write_text(f'{{"recipe": {{"precision": "{precision}"}}}}')
+
+    def record(name, dot, device="host"):
+        env = {"cpu": "AMD EPYC", "int8_dot_products": dot}
+        return {"artifact": {"path": str(tmp_path / f"{name}.pte")}, "device": device, "environment": {"before": env}}
+
+    notes = int8_hardware_notes([record("m-fp32", []), record("m-int8", []), record("m-int8", ["AVX-VNNI"], "pc")])
+    assert len(notes) == 1 and notes[0].startswith("host (AMD EPYC) has no int8 dot-product instructions")
+    assert int8_hardware_notes([record("m-fp32", [])]) == []

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from .adb import Adb
+from .cpu_features import cpu_flags, int8_dot_products
 
 _PROP = re.compile(r"^\[([^\]]+)\]: \[(.*)\]$")
 _THERMAL_STATUS = re.compile(r"Thermal Status: (\d+)")
@@ -68,7 +69,8 @@ def parse_cpus(text: str) -> list[dict[str, Any]]:
 
 
 def capture(adb: Adb) -> dict[str, Any]:
-    """Identity, thermal status and temperatures, battery temperature, per-core governor and frequency."""
+    """Identity, thermal status and temperatures, battery temperature, per-core governor and frequency, and
+    the int8 dot-product instructions the cores have."""
     props = parse_getprop(adb.check(["getprop"]))
     thermal = parse_thermal(adb.shell(["dumpsys", "thermalservice"]).output)
     return {
@@ -78,6 +80,7 @@ def capture(adb: Adb) -> dict[str, Any]:
         "temperatures_c": thermal["temperatures_c"],
         "battery_c": parse_battery_temperature(adb.shell(["dumpsys", "battery"]).output),
         "cpus": parse_cpus(adb.shell_script(CPU_SCRIPT).output),
+        "int8_dot_products": int8_dot_products(cpu_flags(adb.shell(["cat", "/proc/cpuinfo"]).output)),
     }
 
 

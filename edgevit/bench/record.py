@@ -13,13 +13,14 @@ from typing import Any
 
 from ..errors import EdgevitError
 from ..fileio import atomic_write_json, path_sha256, path_size
+from .cpu_features import host_int8_dot_products
 from .stats import summarize
 
 SCHEMA = "edgevit.bench/1"
 
 
 def host_environment() -> dict[str, Any]:
-    """What makes host timings comparable: CPU, cores, OS, Python, and the load when measured."""
+    """What makes host timings comparable: CPU and its int8 dot products, cores, OS, Python, and the load."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -33,6 +34,7 @@ def host_environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "int8_dot_products": host_int8_dot_products(),
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -53,6 +53,35 @@ def results_table(records: list[dict[str, Any]]) -> Table:
     return table
 
 
+INT8_PRECISIONS = ("int8", "dynamic-int8", "w8a8")
+
+
+def _precision(record: dict[str, Any]) -> str | None:
+    from ..errors import EdgevitError
+    from ..inspection import read_manifest
+
+    try:
+        manifest = read_manifest(Path(record["artifact"]["path"]))
+    except EdgevitError:
+        return None
+    return (manifest or {}).get("recipe", {}).get("precision")
+
+
+def int8_hardware_notes(records: list[dict[str, Any]]) -> list[str]:
+    """One note per device that timed an int8 artifact on cores without int8 dot-product instructions, whose
+    int8 GEMMs run at about fp32's pace: the int8 speed-up there understates a phone's."""
+    notes = {}
+    for r in records:
+        env = (r.get("environment") or {}).get("before") or {}
+        if env.get("int8_dot_products") == [] and r["device"] not in notes and _precision(r) in INT8_PRECISIONS:
+            cpu = env.get("cpu") or env.get("soc") or "this CPU"
+            notes[r["device"]] = (
+                f"{r['device']} ({cpu}) has no int8 dot-product instructions (x86 VNNI, Arm SDOT): its int8 "
+                "GEMMs run at about fp32's pace, so int8 gains here understate a CPU that has them"
+            )
+    return list(notes.values())
+
+
 def compare_table(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[Table, int]:
     """Median and p90 of each new record against the old record with the same artifact, device, runtime and
     threads; returns the table and how many records matched."""

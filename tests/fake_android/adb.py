@@ -1,8 +1,8 @@
 """Fake ``adb``: devices, push and shell against a folder that plays the phone's file system.
 
-State lives in $FAKE_ANDROID_ROOT: pushed files under its data/local/tmp, cpufreq files under its sys/,
-``.gone`` once the device has dropped off. Shell commands run in /bin/sh with the phone's paths mapped into
-that folder and the phone's tools (getprop, dumpsys, taskset) on PATH.
+State lives in $FAKE_ANDROID_ROOT: pushed files under its data/local/tmp, cpufreq files under its sys/, the
+CPU's features in its proc/cpuinfo, ``.gone`` once the device has dropped off. Shell commands run in /bin/sh
+with the phone's paths mapped into that folder and the phone's tools (getprop, dumpsys, taskset) on PATH.
 
 Knobs: FAKE_ANDROID_DEVICES ("SERIAL:state,..."), FAKE_ANDROID_DROP_ON (a word; a shell command containing
 it prints FAKE_ANDROID_DROP_AFTER_LINES lines, then the device drops off).
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(os.environ["FAKE_ANDROID_ROOT"])
 TOOLS = os.environ["FAKE_ANDROID_TOOLS"]  # folder with getprop, dumpsys, taskset
-PHONE_PATHS = ("/data/local/tmp", "/sys/devices/system/cpu")
+PHONE_PATHS = ("/data/local/tmp", "/sys/devices/system/cpu", "/proc/cpuinfo")
 
 
 def devices() -> list[tuple[str, str]]:
