@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_model.py --model mmvit_s --rounds 5 --runs 30 --write-readme
 	$(BIN)/python benchmarks/bench_fold.py --rounds 3 --write-readme
 	$(BIN)/python benchmarks/bench_int8.py --rounds 3 --runs 30 --write-readme
+	$(BIN)/python benchmarks/bench_int8_gemm.py --rounds 3 --runs 50 --write-readme
 	$(BIN)/python benchmarks/model_table.py --write-readme
 
 # LVT and mmvit_xs trained on the offline digits set: fp32, PTQ and QAT accuracy per target; then every int8

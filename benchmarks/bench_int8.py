@@ -11,6 +11,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from readme_table import write_section
@@ -151,9 +152,14 @@ def main() -> None:
         )
     )
     if args.write_readme:
+        from edgevit.bench.record import host_environment
+
+        env = host_environment()
+        dots = ", ".join(env["int8_dot_products"] or []) or "none"
         note = (
-            f"\n\n`make bench` (`benchmarks/bench_int8.py --rounds {args.rounds} --runs {args.runs}`): lvt at 224, "
-            "random weights (seed 0), 2 threads, SQNR on 8 photos. Core ML rows: converted here, timed on macOS only."
+            f"\n\n`make bench` (`benchmarks/bench_int8.py --rounds {args.rounds} --runs {args.runs}`, measured "
+            f"{time.strftime('%Y-%m-%d')}): lvt at 224, random weights (seed 0), 2 threads on {env['cpu']} (int8 "
+            f"dot-product instructions: {dots}), SQNR on 8 photos. Core ML rows: converted here, timed on macOS only."
         )
         write_section("int8", body + note)
 
