@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from .cli_bench import BENCH_EXAMPLES, bench, devices_app
 from .cli_train import QAT_EXAMPLES, datasets_app, qat
-from .errors import EdgevitError
+from .errors import EdgevitError, Stopped, raise_stopped
 
 app = typer.Typer(
     add_completion=False,
@@ -351,6 +352,8 @@ def main() -> None:
         logging.getLogger("executorch.backends.apple.coreml.compiler.coreml_preprocess").setLevel(logging.ERROR)
         os.environ.setdefault("TQDM_DISABLE", "1")  # converters' pass-by-pass bars; the CLI shows its own
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # XLA/oneDNN start-up notices from litert's jax
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, raise_stopped)
     try:
         app(standalone_mode=False)
     except EdgevitError as e:
@@ -361,9 +364,9 @@ def main() -> None:
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code)
-    except KeyboardInterrupt:
-        err.print("interrupted; nothing was written")
-        sys.exit(130)
+    except Stopped as e:
+        err.print(f"{'terminated' if e.signum == signal.SIGTERM else 'interrupted'}; no half-written file was left")
+        sys.exit(e.exit_code)
     except Exception as e:  # usage errors of typer's click arrive here in standalone_mode=False
         if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()

@@ -1,4 +1,4 @@
-"""The one exception type for user mistakes: the CLI prints its message on one line and exits non-zero."""
+"""What the CLI turns into one line and an exit code: user mistakes (EdgevitError and its kinds) and SIGTERM."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ class Interrupted(EdgevitError):
     """Ctrl-C during long work that keeps its last good state (a QAT checkpoint)."""
 
     exit_code = 130
+
+
+class Stopped(BaseException):
+    """Ctrl-C or SIGTERM (``kill``, a job scheduler), raised where the program is so that it unwinds: partial
+    files are removed and QAT keeps its last checkpoint. Not a KeyboardInterrupt, which typer would turn
+    into a return value that a caller cannot tell from success."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+def raise_stopped(signum, frame) -> None:
+    raise Stopped(signum)

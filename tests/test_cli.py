@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from edgevit.data import load_images
 from edgevit.models import create_model, get_entry
 from edgevit.runtime import open_runner
 
-from .conftest import run_cli
+from .conftest import EDGEVIT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +142,20 @@ def test_usage_errors_exit_2_without_traceback():
     proc = run_cli("verfy")
     assert proc.returncode == 2
     assert "No such command 'verfy'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_during_export_leaves_nothing_behind(tmp_path):
+    """`kill` while the candidate .pte is being verified: the run unwinds as Ctrl-C does, exit 143."""
+    out = tmp_path / "out"
+    args = ["export", "lvt", "--input-size", "64", "--num-images", "16", "--output-dir", str(out)]
+    proc = subprocess.Popen([*EDGEVIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = out / ".lvt-executorch-xnnpack-fp32.partial.pte"
+    deadline = time.monotonic() + 600
+    while not partial.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert partial.exists(), f"the export ended before writing its candidate: {proc.communicate()[1][-300:]}"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143 and "terminated; no half-written file was left" in stderr
+    assert "Traceback" not in stderr
+    assert list(out.iterdir()) == []

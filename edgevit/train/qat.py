@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..errors import EdgevitError, Interrupted
+from ..errors import EdgevitError, Interrupted, Stopped
 from ..fileio import atomic_write_json, path_sha256
 from ..models.registry import Size, size_text
 from ..quant.policy import BACKEND_FLOAT_OPS, untie_weights
@@ -244,9 +244,11 @@ def qat_export(
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     try:
         history = train_qat(prepared, run, train, held_out, epochs, checkpoint, batch, lr, seed, on_step)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped) as e:  # Stopped under the CLI, KeyboardInterrupt when called from Python
         done = f"epoch {load_checkpoint(checkpoint, run)['epoch']}" if checkpoint.exists() else "no epoch finished"
-        raise Interrupted(f"interrupted; the last good checkpoint is {checkpoint} ({done}); rerun to resume") from None
+        error = Interrupted(f"interrupted; the last good checkpoint is {checkpoint} ({done}); rerun to resume")
+        error.exit_code = getattr(e, "exit_code", Interrupted.exit_code)
+        raise error from None
     trained = copy.deepcopy(prepared)  # what QAT optimised: the artifact must reproduce it
     float_deploy = float_twin(prepared)
     converted = convert_qat(prepared, fold_quantize=target != "tflite")
