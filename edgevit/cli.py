@@ -355,7 +355,8 @@ def main() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, raise_stopped)
     try:
-        app(standalone_mode=False)
+        # outside standalone mode typer returns, not raises, the code of a typer.Exit
+        status = app(standalone_mode=False)
     except EdgevitError as e:
         if os.environ.get("EDGEVIT_DEBUG") == "1":
             raise
@@ -374,6 +375,8 @@ def main() -> None:
         if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
+    if isinstance(status, int) and status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

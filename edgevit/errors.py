@@ -1,4 +1,4 @@
-"""What the CLI turns into one line and an exit code: user mistakes (EdgevitError and its kinds) and SIGTERM."""
+"""What the CLI turns into one line and an exit code: user mistakes (EdgevitError and its kinds), Ctrl-C, SIGTERM."""
 
 from __future__ import annotations
 

@@ -159,3 +159,15 @@ def test_sigterm_during_export_leaves_nothing_behind(tmp_path):
     assert proc.returncode == 143 and "terminated; no half-written file was left" in stderr
     assert "Traceback" not in stderr
     assert list(out.iterdir()) == []
+
+
+def test_target_all_exits_3_when_a_target_fails(tmp_path):
+    """Every target's artifact already exists: each one fails on its own, and the run says so by its exit code."""
+    names = ["lvt-executorch-xnnpack-fp32.pte", "lvt-tflite-fp32.tflite", "lvt-onnx-fp32.onnx"]
+    for name in names + ["lvt-coreml-fp16.mlpackage"]:
+        (tmp_path / name).write_bytes(b"kept")
+    proc = run_cli("export", "lvt", "--target", "all", "--input-size", "64", "--output-dir", str(tmp_path), "--json")
+    assert proc.returncode == 3, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["ok"] for r in rows] == [False] * 4 and all("--force" in r["error"] for r in rows)
+    assert all((tmp_path / name).read_bytes() == b"kept" for name in names)
