@@ -82,7 +82,6 @@ def worker(path: str, shape: tuple[int, ...], runs: int) -> None:
 
 
 def main() -> None:
-    from edgevit.bench.cpu_features import host_int8_dot_products
     from edgevit.bench.record import host_environment
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,8 +104,8 @@ def main() -> None:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
             medians[path].append(json.loads(proc.stdout.strip().splitlines()[-1])["median_ms"])
             print(f"round {r + 1}/{args.rounds} {path.name}: {medians[path][-1]:.3f} ms", file=sys.stderr)
-    dots = host_int8_dot_products()
-    cpu = host_environment()["cpu"]
+    env = host_environment()
+    cpu, dots = env["cpu"], env["int8_dot_products"]
     rows = [
         f"One layer per .pte with float input and output (the int8 one quantizes and dequantizes them), XNNPACK, "
         f"1 thread, median of {args.rounds} alternating processes x {args.runs} runs (measured "

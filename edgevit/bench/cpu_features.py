@@ -4,8 +4,6 @@ fp32's pace, so an int8 speed-up measured on such a CPU says little about a phon
 
 from __future__ import annotations
 
-from pathlib import Path
-
 # cpuinfo flag -> the name users know it by
 INT8_DOT_PRODUCT_FLAGS = {
     "avx512_vnni": "AVX-512 VNNI",
@@ -27,11 +25,3 @@ def cpu_flags(cpuinfo: str) -> set[str]:
 
 def int8_dot_products(flags: set[str]) -> list[str]:
     return [label for flag, label in INT8_DOT_PRODUCT_FLAGS.items() if flag in flags]
-
-
-def host_int8_dot_products() -> list[str] | None:
-    """None where the host has no /proc/cpuinfo to read (macOS)."""
-    try:
-        return int8_dot_products(cpu_flags(Path("/proc/cpuinfo").read_text()))
-    except OSError:
-        return None

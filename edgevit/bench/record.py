@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import EdgevitError
 from ..fileio import atomic_write_json, path_sha256, path_size
-from .cpu_features import host_int8_dot_products
+from .cpu_features import cpu_flags, int8_dot_products
 from .stats import summarize
 
 SCHEMA = "edgevit.bench/1"
@@ -21,20 +21,21 @@ SCHEMA = "edgevit.bench/1"
 
 def host_environment() -> dict[str, Any]:
     """What makes host timings comparable: CPU and its int8 dot products, cores, OS, Python, and the load."""
-    cpu = platform.processor() or platform.machine()
+    cpu, dots = platform.processor() or platform.machine(), None  # no /proc/cpuinfo (macOS): unknown
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        cpuinfo = None
+    if cpuinfo is not None:
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+        dots = int8_dot_products(cpu_flags(cpuinfo))
     return {
         "os": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "int8_dot_products": host_int8_dot_products(),
+        "int8_dot_products": dots,
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
