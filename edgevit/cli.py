@@ -66,14 +66,14 @@ def recipes(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the built-in recipes (target, precision, gates)."""
-    from .recipe import DEFAULT_RECIPES, builtin_recipes
+    from .recipe import builtin_recipes, default_recipe_names
 
     items = builtin_recipes()
     if as_json:
         print(json.dumps([r.to_dict() for r in items.values()], indent=2))
         return
     table = Table("recipe", "target", "precision", "default", "description")
-    defaults = set(DEFAULT_RECIPES.values())
+    defaults = default_recipe_names()
     for r in items.values():
         table.add_row(r.name, r.target, r.precision, "yes" if r.name in defaults else "", r.description)
     out.print(table)
@@ -131,7 +131,8 @@ def export(
     from .export import read_labels
     from .models import check_input_size, get_entry, parse_size
     from .quant.flow import QuantizeRequest
-    from .recipe import DEFAULT_RECIPES, get_recipe
+    from .recipe import get_recipe
+    from .targets import list_targets
 
     if target is None:
         target = get_recipe(recipe).target if recipe else "executorch"
@@ -172,7 +173,7 @@ def export(
     if recipe is not None:
         raise EdgevitError("--recipe picks one recipe; with --target all every target uses its default recipe")
     rows, failed = [], False
-    for each in DEFAULT_RECIPES:
+    for each in (t.name for t in list_targets()):
         try:
             # --image-input shapes the Core ML artifact only; the other targets take the normalised tensor
             result = _export_one(model, each, {**options, "image_input": image_input and each == "coreml"})

@@ -38,6 +38,7 @@ from .quant.sensitivity import candidate_blocks, describe_fix, sensitivity_repor
 from .recipe import Recipe, default_recipe, get_recipe
 from .runtime import host_cannot_run, open_runner
 from .targets.audit import check_gates, raise_on_failures
+from .targets.registry import get_target
 
 Step = Callable[[str], None]
 
@@ -63,17 +64,10 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
-def _target_module(target: str):
-    try:
-        return importlib.import_module(f"edgevit.targets.{target}")
-    except ModuleNotFoundError:
-        raise EdgevitError(f"target '{target}' has no exporter yet") from None
-
-
 def output_paths(model_name: str, recipe: Recipe, out_dir: Path) -> tuple[Path, Path]:
     """Where an export writes its artifact and manifest."""
     stem = f"{model_name}-{recipe.name}"
-    return out_dir / f"{stem}{_target_module(recipe.target).SUFFIX}", out_dir / f"{stem}.manifest.json"
+    return out_dir / f"{stem}{get_target(recipe.target).suffix}", out_dir / f"{stem}.manifest.json"
 
 
 def resolve_recipe(target: str, recipe: str | None) -> Recipe:
@@ -152,7 +146,7 @@ def export_model(
         if target == "coreml":
             extra["image_input"] = image_input
         chosen = replace(chosen, options={**chosen.options, **extra})
-    module = _target_module(target)
+    module = get_target(target)
     size = input_size or entry.input_spec.size
     check_input_size(model_name, size)
     out_dir = Path(output_dir)
@@ -207,7 +201,7 @@ def export_model(
 
     step("verify on host runtime")
     # the candidate sits beside its final name, so moving it into place is a rename
-    tmp = out_dir / f".{stem}.partial{module.SUFFIX}"
+    tmp = out_dir / f".{stem}.partial{module.suffix}"
     make_dir(out_dir)
     remove_path(tmp)
     exported.write(tmp)

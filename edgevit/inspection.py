@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,7 @@ from .errors import EdgevitError
 from .export import manifest_input_size, verify_numerics
 from .fileio import path_sha256
 from .models import create_model, get_entry
-
-SUFFIXES = (".pte", ".onnx", ".mlpackage", ".tflite")
+from .targets.registry import target_for_path
 
 
 def manifest_path_for(artifact: Path) -> Path:
@@ -25,8 +23,7 @@ def manifest_path_for(artifact: Path) -> Path:
 def _check_artifact(artifact: Path) -> None:
     if not artifact.exists():
         raise EdgevitError(f"artifact not found: {artifact}")
-    if artifact.suffix not in SUFFIXES:
-        raise EdgevitError(f"{artifact} is not an artifact edgevit knows; expected one of {', '.join(SUFFIXES)}")
+    target_for_path(artifact)  # an unknown suffix fails here, naming the known ones
 
 
 def read_manifest(artifact: Path) -> dict[str, Any] | None:
@@ -52,68 +49,13 @@ def inspect_artifact(artifact: str | Path) -> dict[str, Any]:
 
 
 def audit_file(artifact: Path) -> dict[str, Any]:
+    target = target_for_path(artifact)
     try:
-        if artifact.suffix == ".pte":
-            return _audit_pte(artifact)
-        if artifact.suffix == ".onnx":
-            from .targets.onnx import audit_onnx
-
-            return audit_onnx(artifact.read_bytes())
-        if artifact.suffix == ".mlpackage":
-            return _audit_mlpackage(artifact)
-        if artifact.suffix == ".tflite":
-            from .targets.tflite import audit_tflite
-
-            return audit_tflite(artifact.read_bytes())
+        return target.audit_file(artifact)
     except EdgevitError:
         raise
     except Exception as e:  # each format's parser raises its own error types on corrupt input
         raise EdgevitError(f"{artifact} cannot be read as {artifact.suffix} ({str(e).splitlines()[0][:120]})") from None
-    raise EdgevitError(f"no bare-file audit for {artifact.suffix} yet; export it with edgevit to get a manifest")
-
-
-def _audit_pte(artifact: Path) -> dict[str, Any]:
-    from executorch.exir._serialize._program import deserialize_pte_binary
-
-    plan = deserialize_pte_binary(artifact.read_bytes()).program.execution_plan[0]
-    delegate_calls, outside = 0, Counter()
-    for chain in plan.chains:
-        for instruction in chain.instructions:
-            kind = type(instruction.instr_args).__name__
-            if kind == "DelegateCall":
-                delegate_calls += 1
-            elif kind == "KernelCall":
-                outside[plan.operators[instruction.instr_args.op_index].name] += 1
-    return {
-        "backend": ", ".join(sorted({d.id for d in plan.delegates})) or "none",
-        "partitions": delegate_calls,
-        "ops_outside": dict(sorted(outside.items())),
-    }
-
-
-def _audit_mlpackage(artifact: Path) -> dict[str, Any]:
-    import coremltools as ct
-
-    spec = ct.models.MLModel(str(artifact), skip_model_load=True).get_spec()
-    if not spec.HasField("mlProgram"):
-        raise EdgevitError(f"{artifact} is not an ML program (neural network models are not audited)")
-    counts: Counter = Counter()
-    rank = 0
-    for function in spec.mlProgram.functions.values():
-        for block in function.block_specializations.values():
-            for op in block.operations:
-                if op.type == "const":
-                    continue
-                counts[op.type] += 1
-                for out in op.outputs:
-                    if out.type.HasField("tensorType"):
-                        rank = max(rank, out.type.tensorType.rank)
-    return {
-        "backend": "coreml",
-        "ops": dict(sorted(counts.items())),
-        "max_rank": rank,
-        "transposes": counts.get("transpose", 0),
-    }
 
 
 def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_images: int = 8) -> dict[str, Any]:

@@ -8,16 +8,10 @@ from typing import Any
 
 from .errors import EdgevitError
 from .fileio import read_yaml
+from .targets.registry import get_target, list_targets, target_names
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
-TARGETS = ("executorch", "coreml", "tflite", "onnx")
 PRECISIONS = ("fp32", "fp16", "int8", "w8", "w8a8", "palettize4", "dynamic-int8")
-DEFAULT_RECIPES = {
-    "executorch": "executorch-xnnpack-fp32",
-    "coreml": "coreml-fp16",
-    "tflite": "tflite-fp32",
-    "onnx": "onnx-fp32",
-}
 
 
 @dataclass(frozen=True)
@@ -94,8 +88,9 @@ def parse_recipe(raw: Any, src: str) -> Recipe:
     for key in ("name", "target", "precision"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise _fail(src, f"field '{key}' is required and must be a string")
-    if raw["target"] not in TARGETS:
-        raise _fail(src, f"field 'target' is '{raw['target']}'; choose one of: {', '.join(TARGETS)}")
+    targets = target_names()
+    if raw["target"] not in targets:
+        raise _fail(src, f"field 'target' is '{raw['target']}'; choose one of: {', '.join(targets)}")
     if raw["precision"] not in PRECISIONS:
         raise _fail(src, f"field 'precision' is '{raw['precision']}'; choose one of: {', '.join(PRECISIONS)}")
     options = raw.get("options") or {}
@@ -136,6 +131,9 @@ def get_recipe(name_or_path: str) -> Recipe:
 
 
 def default_recipe(target: str) -> Recipe:
-    if target not in DEFAULT_RECIPES:
-        raise EdgevitError(f"target '{target}' has no recipe yet; available targets: {', '.join(DEFAULT_RECIPES)}")
-    return get_recipe(DEFAULT_RECIPES[target])
+    """The recipe a target exports with when none is named."""
+    return get_recipe(get_target(target).default_recipe)
+
+
+def default_recipe_names() -> set[str]:
+    return {t.default_recipe for t in list_targets()}

@@ -52,19 +52,14 @@ def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
     """A tiny LVT exported to .pte, .tflite, .onnx and .mlpackage (64x64 input, 10 classes)."""
     from edgevit.lowering import lower
     from edgevit.recipe import default_recipe
-    from edgevit.targets import coreml, executorch, onnx, tflite
+    from edgevit.targets import list_targets
 
     folder = tmp_path_factory.mktemp("tiny-artifacts")
     x = torch.randn(1, 3, 64, 64)
     paths = {}
-    for target, module, suffix in (
-        ("executorch", executorch, ".pte"),
-        ("tflite", tflite, ".tflite"),
-        ("onnx", onnx, ".onnx"),
-        ("coreml", coreml, ".mlpackage"),
-    ):
-        paths[suffix] = folder / f"tiny{suffix}"
-        module.export(lower(tiny_lvt(), target), x, default_recipe(target)).write(paths[suffix])
+    for target in list_targets():
+        paths[target.suffix] = folder / f"tiny{target.suffix}"
+        target.export(lower(tiny_lvt(), target.name), x, default_recipe(target.name)).write(paths[target.suffix])
     return paths
 
 

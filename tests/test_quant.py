@@ -13,7 +13,7 @@ from edgevit.models import create_model, get_entry
 from edgevit.numerics import compare
 from edgevit.quant import backend_quantizer, calibration_batch, quantize
 from edgevit.quant.calibration import checked_calibration_paths
-from edgevit.quant.policy import DYNAMIC_FLOAT_MODULES, untie_weights
+from edgevit.quant.policy import untie_weights
 from edgevit.quant.pt2e import calibrated, converted, copy_prepared
 from edgevit.quant.sensitivity import (
     candidate_blocks,
@@ -25,6 +25,7 @@ from edgevit.quant.sensitivity import (
 from edgevit.recipe import get_recipe
 from edgevit.runtime import open_runner
 from edgevit.targets import executorch as et
+from edgevit.targets import get_target
 
 from .conftest import run_cli, tiny_lvt
 
@@ -105,7 +106,9 @@ def test_dynamic_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos
     quantizer = backend_quantizer("executorch", {"scheme": "dynamic", "per_channel": True, "io": "float"})
     # other photos than the ones checked below
     calib = calibration_batch(checked_calibration_paths(None, 8), get_entry("lvt").input_spec, 64)
-    prepared, copies = calibrated(deploy, X, quantizer, calib, float_types=DYNAMIC_FLOAT_MODULES["executorch"])
+    prepared, copies = calibrated(
+        deploy, X, quantizer, calib, float_types=get_target("executorch").dynamic_float_modules
+    )
     # the export flow converts a copy first (for the sensitivity views): the copy must convert, and alike
     twin = converted(copy_prepared(prepared), copies)
     q = converted(prepared, copies)

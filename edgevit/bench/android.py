@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgevitError
+from ..targets.registry import Target, list_targets
 from . import android_env
 from .adb import Adb, AdbError, CommandTimeout, DeviceLost
 from .devices import DeviceProfile
@@ -18,14 +19,23 @@ from .host import Settings
 from .parsers import parse_benchmark_model, parse_executor_runner
 from .record import finish, new_record
 
-RUNNER_FOR = {".pte": "executor_runner", ".tflite": "benchmark_model"}
-RUNTIME_FOR = {".pte": "executorch", ".tflite": "litert"}
 THERMAL_POLL_SECONDS = 5.0
+
+
+def _device_target(path: Path) -> Target | None:
+    """The target of an artifact that a phone can run, None for the others."""
+    return next((t for t in list_targets() if t.suffix == path.suffix and t.device_runner), None)
+
+
+def device_runner(path: Path) -> str | None:
+    """The Android binary that times this artifact (executor_runner, benchmark_model), None if there is none."""
+    target = _device_target(path)
+    return target.device_runner if target else None
 
 
 def _runner_binaries(paths: list[Path], profile: DeviceProfile) -> dict[str, Path]:
     """The host binaries the artifacts need, checked before anything touches the phone."""
-    needed = sorted({RUNNER_FOR[p.suffix] for p in paths if p.suffix in RUNNER_FOR})
+    needed = sorted({device_runner(p) for p in paths} - {None})
     binaries = {}
     for kind in needed:
         configured = profile.runners.get(kind)
@@ -49,7 +59,7 @@ def _remote_folder(profile: DeviceProfile, artifact: Path) -> str:
 
 
 def _command(path: Path, remote_model: str, remote_runner: str, settings: Settings, op_profiling: bool) -> list[str]:
-    if path.suffix == ".pte":
+    if device_runner(path) == "executor_runner":
         # executor_runner has no warm-up option: run warm-up + timed iterations and drop the first ones
         return [
             remote_runner,
@@ -71,7 +81,7 @@ def _command(path: Path, remote_model: str, remote_runner: str, settings: Settin
 
 def _apply_output(record: dict[str, Any], path: Path, output: str, warmup: int) -> None:
     """Samples (or the runner's own statistics) and the unrecognised lines from a runner's log."""
-    if path.suffix == ".pte":
+    if device_runner(path) == "executor_runner":
         parsed = parse_executor_runner(output)
         record["samples_ms"] = parsed["samples_ms"][warmup:]
         record["warmup_ms"] = parsed["samples_ms"][:warmup]
@@ -123,13 +133,14 @@ def bench_android(
     records = []
     lost: str | None = None
     for i, path in enumerate(paths):
-        record = new_record(path, device_name, RUNTIME_FOR.get(path.suffix, ""), settings.threads, asdict(settings))
+        target = _device_target(path)
+        record = new_record(path, device_name, target.runtime if target else "", settings.threads, asdict(settings))
         record["settings"]["cpu_mask"] = profile.cpu_mask
         records.append(record)
         if lost:
             record.update(status="not run", error=f"device lost earlier: {lost}")
             continue
-        if path.suffix not in RUNNER_FOR:
+        if device_runner(path) is None:
             record.update(status="skipped", reason=f"no Android runner for {path.suffix} files")
             continue
         try:
@@ -137,7 +148,7 @@ def bench_android(
                 adb,
                 profile,
                 path,
-                binaries[RUNNER_FOR[path.suffix]],
+                binaries[device_runner(path)],
                 settings,
                 record,
                 progress,

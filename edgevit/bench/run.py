@@ -9,27 +9,24 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgevitError
+from ..targets.registry import list_targets, target_for_path
 from .devices import DeviceProfile
 from .host import Settings, run_worker
 from .record import finish, host_environment, new_record
-
-HOST_SUFFIXES = (".pte", ".tflite", ".onnx", ".mlpackage")
-RUNTIME_BY_SUFFIX = {".pte": "executorch", ".tflite": "litert", ".onnx": "onnxruntime", ".mlpackage": "coreml"}
 
 Progress = Callable[[str], None]
 
 
 def check_artifacts(paths: list[Path]) -> None:
     """Fail before any timing starts: every artifact must exist and be of a kind edgevit runs."""
+    suffixes = ", ".join(t.suffix for t in list_targets() if t.host_runner)
     if not paths:
-        raise EdgevitError("no artifact given; pass one or more .pte, .tflite, .onnx or .mlpackage files")
+        raise EdgevitError(f"no artifact given; pass one or more {suffixes} files")
     for path in paths:
         if not path.exists():
             raise EdgevitError(f"artifact not found: {path}")
-        if path.suffix not in HOST_SUFFIXES:
-            raise EdgevitError(
-                f"{path}: cannot benchmark '{path.suffix}' files; pass .pte, .tflite, .onnx or .mlpackage"
-            )
+        if not any(path.suffix == t.suffix and t.host_runner for t in list_targets()):
+            raise EdgevitError(f"{path}: cannot benchmark '{path.suffix}' files; pass {suffixes}")
 
 
 def bench(
@@ -59,7 +56,7 @@ def bench_host(
     from ..runtime import host_cannot_run
 
     records = {
-        p: new_record(p, device.name, RUNTIME_BY_SUFFIX[p.suffix], settings.threads, asdict(settings)) for p in paths
+        p: new_record(p, device.name, target_for_path(p).runtime, settings.threads, asdict(settings)) for p in paths
     }
     env_before = host_environment()
     runnable = []

@@ -1,58 +1,59 @@
 """``lower(model, target)``: the deploy form of a training-form model for one target.
 
 The deploy form computes the same function (fp32, max abs diff <= 1e-4 on real photos) with only ops the
-target delegates. Rewrites are looked up by model class, so each family registers its own.
+target delegates. Each family's deploy module registers its builder at its foot with
+:func:`register_lowering`; the target names the layout it wants (``Target.layout``).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 from torch import nn
 
 from ..errors import EdgevitError
-from ..models.lvt import LVT
-from ..models.mmvit import MMViT
-from .lvt import DeployLVT
-from .lvt_channels_first import ChannelsFirstLVT
-from .mmvit import DeployMMViT
-from .mmvit_channels_first import ChannelsFirstMMViT
-from .passes import native_layer_norm
+from .layout import LAYOUTS, Layout, get_layout
 
-# the passes that adapt the shared deploy form to each target, in order
-TARGET_PASSES: dict[str, list[Callable[[nn.Module], nn.Module]]] = {
-    "executorch": [],  # XNNPACK takes LayerNorm only as Linear reductions
-    "tflite": [],
-    "coreml": [],  # its own channels-first form
-    "onnx": [native_layer_norm],
-}
-TARGETS = tuple(TARGET_PASSES)
+Builder = Callable[[nn.Module, Layout], nn.Module]
+_LOWERINGS: dict[type, Builder] = {}
+_discovered = False
 
-# model class -> builder of its deploy form; targets share the form until one needs its own
-_LOWERINGS: dict[type, Callable[[nn.Module], nn.Module]] = {
-    LVT: DeployLVT.from_module,
-    MMViT: DeployMMViT.from_module,
-}
-# (model class, target) -> a form of its own for that target
-_TARGET_LOWERINGS: dict[tuple[type, str], Callable[[nn.Module], nn.Module]] = {
-    (LVT, "coreml"): ChannelsFirstLVT.from_module,  # NCHW throughout: no transposes on the Neural Engine
-    (MMViT, "coreml"): ChannelsFirstMMViT.from_module,
-}
+
+def register_lowering(model_class: type, build: Builder) -> None:
+    """Make ``lower`` build ``build(model, layout)`` for models of ``model_class`` (called by deploy modules)."""
+    _LOWERINGS[model_class] = build
+
+
+def _discover() -> None:
+    """Import every module of this package once, so each family's deploy module registers itself."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def layout_for(target: str) -> Layout:
+    """The layout a target's deploy form takes; a layout's own name is accepted too."""
+    if target in LAYOUTS:
+        return LAYOUTS[target]
+    from ..targets.registry import get_target
+
+    return get_layout(get_target(target).layout)
 
 
 def lower(model: nn.Module, target: str = "executorch") -> nn.Module:
     """Return a new eval-mode module equal to ``model`` in deploy form for ``target``; ``model`` is untouched."""
-    if target not in TARGETS:
-        raise EdgevitError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
-    build = _TARGET_LOWERINGS.get((type(model), target)) or _LOWERINGS.get(type(model))
+    layout = layout_for(target)
+    _discover()
+    build = _LOWERINGS.get(type(model))
     if build is None:
-        raise EdgevitError(
-            f"no lowering for {type(model).__name__}; lowered families: {', '.join(t.__name__ for t in _LOWERINGS)}"
-        )
-    deploy = build(model)
-    for adapt in TARGET_PASSES[target]:
-        deploy = adapt(deploy)
-    return deploy.eval()
+        families = ", ".join(sorted(t.__name__ for t in _LOWERINGS))
+        raise EdgevitError(f"no lowering for {type(model).__name__}; lowered families: {families}")
+    return build(model, layout).eval()
 
 
-__all__ = ["lower", "TARGETS"]
+__all__ = ["Layout", "layout_for", "lower", "register_lowering"]

@@ -13,7 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import lvt as train
+from . import register_lowering
+from .layout import Layout
+from .lvt import DeployLVT
 from .ops import ChannelLayerNorm, attend_channels_first, fold_k3s2p1_nchw
+from .passes import native_layer_norm
 from .weights import class_block_weights, conv1x1_from, conv_copy, linear_from
 
 __all__ = ["ChannelsFirstLVT", "ChannelsFirstCSA", "ChannelsFirstRASA", "ChannelsFirstClassBlock"]
@@ -218,3 +222,13 @@ class ChannelsFirstLVT(nn.Module):
         cls_logits = self.head(x[..., 0:1].reshape(B, C))
         aux_max = self.aux_head(x[..., 1:]).amax(dim=3).reshape(B, -1)  # max over tokens
         return cls_logits + self.aux_weight * aux_max
+
+
+def _build(model: train.LVT, layout: Layout) -> nn.Module:
+    if layout.channels_first:
+        return ChannelsFirstLVT.from_module(model)
+    deploy = DeployLVT.from_module(model)
+    return native_layer_norm(deploy) if layout.native_norm else deploy
+
+
+register_lowering(train.LVT, _build)

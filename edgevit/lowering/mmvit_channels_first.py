@@ -14,8 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import mmvit as train
+from . import register_lowering
+from .layout import Layout
 from .mmvit import DeployMMViT
 from .ops import ChannelLayerNorm, attend_channels_first
+from .passes import native_layer_norm
 from .weights import conv1x1_from, k_norm_scale, pooling_attention_weights
 
 __all__ = ["ChannelsFirstMMViT"]
@@ -214,3 +217,13 @@ class ChannelsFirstMMViT(DeployMMViT):
     def readout(self, columns: torch.Tensor) -> torch.Tensor:
         cls = columns if columns.shape[3] == 1 else columns[..., :1]
         return self.head(self.norm(cls)).reshape(cls.shape[0], -1)
+
+
+def _build(model: train.MMViT, layout: Layout) -> nn.Module:
+    if layout.channels_first:
+        return ChannelsFirstMMViT.from_module(model)
+    deploy = DeployMMViT.from_module(model)
+    return native_layer_norm(deploy) if layout.native_norm else deploy
+
+
+register_lowering(train.MMViT, _build)

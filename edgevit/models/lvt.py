@@ -11,13 +11,15 @@ Mobile rewrites of these modules live in ``edgevit.lowering.lvt``, never here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layers import DropPath, init_conv_fan_out, init_linear_and_norm
+from .registry import ModelEntry, register_model
 
 __all__ = ["LVTConfig", "LVT", "CSA", "RASA", "ClassBlock", "LVT_CONFIGS"]
 
@@ -312,6 +314,14 @@ class LVTConfig:
 LVT_CONFIGS: dict[str, LVTConfig] = {
     "lvt": LVTConfig(),
     "lvt_cls": LVTConfig(class_attention_layers=2),
+    # random-init plumbing checks (tests, CI): every block kind at a fraction of a millisecond per image
+    "lvt_test": LVTConfig(
+        depths=(1, 1, 1, 1),
+        embed_dims=(16, 16, 32, 32),
+        num_heads=(1, 2, 2, 4),
+        mlp_ratios=(2, 2, 2, 2),
+        num_classes=10,
+    ),
 }
 
 
@@ -437,3 +447,20 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: LVT) -> dic
     if model.features_only:
         return {k: v for k, v in state_dict.items() if k.startswith(("backbone.", "downstream_norms."))}
     return state_dict
+
+
+def _build(name: str, num_classes: int | None = None, features_only: bool = False, **kwargs) -> LVT:
+    cfg = LVT_CONFIGS[name]
+    if num_classes is not None:
+        cfg = replace(cfg, num_classes=num_classes)
+    return LVT(cfg, features_only=features_only, **kwargs)
+
+
+for _name, _description, _test in (
+    ("lvt", "LVT, LayerNorm + global average pool + linear head", False),
+    ("lvt_cls", "LVT with class-attention post layers and token-labelling aux head (74.8% IN-1k)", False),
+    ("lvt_test", "tiny LVT (one block per stage, 10 classes) for tests and plumbing checks", True),
+):
+    register_model(
+        ModelEntry(_name, partial(_build, _name), description=_description, filter_fn=checkpoint_filter_fn, test=_test)
+    )

@@ -17,13 +17,15 @@ Every choice the paper does not fix is a field of :class:`MMViTConfig` with its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layers import DropPath, init_linear_and_norm
+from .registry import InputSpec, ModelEntry, register_model
 
 __all__ = ["MMViTConfig", "MMViT", "PoolingAttention", "SelfBlock", "CrossBlock", "MMVIT_CONFIGS", "mmvit_filter_fn"]
 
@@ -395,6 +397,10 @@ MMVIT_CONFIGS: dict[str, MMViTConfig] = {
     "mmvit_s": MMViTConfig(dims=(26, 52, 104, 208), heads=(1, 2, 4, 8), drop_path_rate=0.1),
     # audio: mmvit_xs on a (128 mel, 512 frame) log-mel map; view grids 32x128 and 16x64, AudioSet's 527 labels
     "mmvit_xs_audio": MMViTConfig(in_chans=1, img_size=(128, 512), num_classes=527),
+    # random-init plumbing checks (tests, CI): both views, cross attention in every stage, at 64x64
+    "mmvit_test": MMViTConfig(
+        dims=(8, 16, 16, 32), heads=(1, 2, 2, 4), self_blocks=(1, 0, 2, 1), num_classes=10, img_size=(64, 64)
+    ),
 }
 
 
@@ -423,3 +429,42 @@ def _grid_of(tokens: int, like: tuple[int, int]) -> tuple[int, int]:
         if tokens % rows == 0 and rows * w == (tokens // rows) * h:
             return rows, tokens // rows
     raise ValueError(f"a position embedding of {tokens} tokens fits no grid shaped like {like}")
+
+
+def _build(
+    name: str, num_classes: int | None = None, features_only: bool = False, img_size: tuple[int, int] | None = None
+) -> MMViT:
+    cfg = replace(MMVIT_CONFIGS[name], img_size=img_size or MMVIT_CONFIGS[name].img_size)
+    if num_classes is not None:
+        cfg = replace(cfg, num_classes=num_classes)
+    return MMViT(cfg, features_only=features_only)
+
+
+# MMViT was evaluated on audio as well: the same code on 1-channel log-mel spectrograms, 128 mel bins x 512
+# frames (about 5 s at a 10 ms hop), as AST and MMViT's audio experiments feed them
+AUDIO_SPEC = InputSpec(
+    size=(128, 512), channels=1, mean=(0.5,), std=(0.25,), crop_pct=1.0, channel_order="mono", kind="spectrogram"
+)
+
+for _name, _description, _spec, _test in (
+    ("mmvit_xs", "MMViT, two overlapping conv views, cross-view attention per stage, dims 16-128", None, False),
+    ("mmvit_s", "MMViT, two overlapping conv views, cross-view attention per stage, dims 26-208", None, False),
+    ("mmvit_xs_audio", "mmvit_xs on 1-channel 128x512 log-mel spectrograms (527 AudioSet classes)", AUDIO_SPEC, False),
+    (
+        "mmvit_test",
+        "tiny MMViT (two stages, 10 classes, 64x64) for tests and plumbing checks",
+        InputSpec(size=64),
+        True,
+    ),
+):
+    register_model(
+        ModelEntry(
+            _name,
+            partial(_build, _name),
+            input_spec=_spec or InputSpec(),
+            description=_description,
+            filter_fn=mmvit_filter_fn,
+            sized=True,
+            test=_test,
+        )
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,22 +71,39 @@ class ModelEntry:
     filter_fn: Callable | None = None
     # the builder takes ``img_size``: position embeddings are learned for one input grid
     sized: bool = False
+    # a tiny random-init variant for tests and plumbing checks: buildable by name, left out of listings
+    test: bool = False
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_discovered = False
 
 
 def register_model(entry: ModelEntry) -> ModelEntry:
+    """Add a model variant (called at the foot of its family's module)."""
     _REGISTRY[entry.name] = entry
     return entry
 
 
-def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    return sorted(_REGISTRY)
+def _discover() -> None:
+    """Import every module of the models package once, so each family registers its variants."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module(__package__)
+    for info in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{__package__}.{info.name}")
+
+
+def list_models(include_test: bool = False) -> list[str]:
+    """Names of every registered model, sorted; the tiny test variants only with ``include_test``."""
+    _discover()
+    return sorted(name for name, entry in _REGISTRY.items() if include_test or not entry.test)
 
 
 def get_entry(name: str) -> ModelEntry:
+    _discover()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -18,8 +18,8 @@ from ..fileio import path_size
 from ..models.registry import InputSpec
 from ..recipe import Recipe
 from ..targets.base import ExportedArtifact
+from ..targets.registry import get_target
 from .calibration import calibration_batch, checked_calibration_paths
-from .policy import BACKEND_FLOAT_OPS, DYNAMIC_FLOAT_MODULES, adapt_for_dynamic
 from .pt2e import backend_quantizer, calibrated, converted, copy_prepared, quant_options, quantize
 from .sensitivity import with_blocks_float
 
@@ -76,21 +76,25 @@ def quantize_for_export(
             "images": [p.name for p in paths],
         },
     }
-    if recipe.target == "onnx":
-        return QuantizedDeploy(
-            deploy,
-            {**entry, "activations": "uint8, static (calibrated)"},
-            _onnx_rewrite(calib.numpy(), options["per_channel"], keep_float, step),
-        )
+    target = get_target(recipe.target)
+    rewrite_file = target.quantize_exported(options)
+    if rewrite_file is not None:  # the target quantizes the exported file (ONNX: onnxruntime's QDQ)
+        calibration = calib.numpy()
+
+        def rewrite(artifact: ExportedArtifact) -> ExportedArtifact:
+            step(f"quantize ({target.runtime})")
+            return rewrite_file(artifact, calibration, keep_float)
+
+        return QuantizedDeploy(deploy, {**entry, "activations": "uint8, static (calibrated)"}, rewrite)
     step("quantize")
     quantizer = backend_quantizer(recipe.target, options)
     dynamic = options["scheme"] == "dynamic"
-    float_types = DYNAMIC_FLOAT_MODULES.get(recipe.target, ()) if dynamic else ()
+    float_types = target.dynamic_float_modules if dynamic else ()
     if dynamic:  # on a copy: the fp32 comparison exports the deploy form as it is
         deploy = copy.deepcopy(deploy)
-        adapt_for_dynamic(deploy, recipe.target)
-    fold = recipe.target != "tflite"
-    float_ops = BACKEND_FLOAT_OPS.get(recipe.target, ())
+        target.adapt_for_dynamic(deploy)
+    fold = target.fold_quantize
+    float_ops = target.float_ops
     prepared, copies = calibrated(deploy, example, quantizer, calib, keep_float, progress, float_types, float_ops)
     # the sensitivity report's views need weights as float constants behind quantize/dequantize pairs
     unfolded = converted(copy_prepared(prepared), copies, fold_quantize=False) if fold else None
@@ -105,17 +109,6 @@ def quantize_for_export(
         return with_blocks_float(unfolded if fold else quantized, more_float)
 
     return QuantizedDeploy(quantized, entry, requantize=requantize, float_view=float_view)
-
-
-def _onnx_rewrite(calibration, per_channel: bool, keep_float: tuple[str, ...], step):
-    def rewrite(artifact: ExportedArtifact) -> ExportedArtifact:
-        from ..targets.onnx import replace_model
-        from .onnx_qdq import quantize_qdq
-
-        step("quantize (onnxruntime QDQ)")
-        return replace_model(quantize_qdq(artifact.data, calibration, per_channel, keep_float))
-
-    return rewrite
 
 
 def compare_with_fp32(

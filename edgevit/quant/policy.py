@@ -11,7 +11,7 @@ import fnmatch
 import torch
 from torch import fx, nn
 
-from ..lowering.ops import ChannelLayerNorm, LinearLayerNorm, PhaseFold, ShortRowSoftmax, TapLinear
+from ..lowering.ops import ChannelLayerNorm, LinearLayerNorm, PhaseFold, ShortRowSoftmax
 
 # module types whose ops stay float on every backend: normalisations and softmax, whatever form they take,
 # and CSA's overlap-add (pads and adds that cost little and need no int8 form)
@@ -33,27 +33,6 @@ def module_path(node: fx.Node) -> str:
 def _type_name(kind: type | str) -> str:
     """Exported graphs record module types as 'package.module.Class' strings (older torch: the class)."""
     return kind if isinstance(kind, str) else f"{kind.__module__}.{kind.__qualname__}"
-
-
-# dynamic (per-call) int8 where each runtime's XNNPACK can run it: ExecuTorch 1.5.1 fails to reshape
-# dynamically quantized convs (RASA's strided reduction, 1x1 convs) at run time, so they stay float there
-DYNAMIC_FLOAT_MODULES: dict[str, tuple[type[nn.Module], ...]] = {"executorch": (nn.Conv2d,)}
-
-
-def adapt_for_dynamic(deploy: nn.Module, target: str) -> None:
-    """Rewrite what a target's dynamic int8 path cannot take. LiteRT's converter gives every constant matmul
-    operand int8 weights, and its XNNPACK delegate cannot prepare a BATCH_MATMUL with an int8 constant filter:
-    CSA's per-tap value maps become one Linear per tap there (same numbers, FULLY_CONNECTED ops)."""
-    if target == "tflite":
-        for module in deploy.modules():
-            if isinstance(module, TapLinear):
-                module.as_linears = True
-
-
-# aten ops that stay float on one backend. Core ML: the attention products of two activations. coremltools folds
-# the keys' transpose into its matmul only when no quantize/dequantize pair sits between them (mmvit_s's w8a8
-# program: 27 transposes instead of 0)
-BACKEND_FLOAT_OPS: dict[str, tuple] = {"coreml": (torch.ops.aten.matmul.default, torch.ops.aten.bmm.default)}
 
 
 def stays_float(

@@ -11,6 +11,7 @@ from torch import fx, nn
 
 from ..errors import EdgevitError
 from ..recipe import Recipe
+from ..targets.registry import get_target
 from .policy import mark_float, retie_float_copies, untie_weights
 
 SCHEMES = ("static", "dynamic")
@@ -26,8 +27,7 @@ def quant_options(recipe: Recipe) -> dict[str, Any] | None:
     keep = raw.get("keep_float", [])
     if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
         raise EdgevitError(f"recipe {recipe.name}: options.quantization.keep_float must be a list of module names")
-    if recipe.target == "onnx" and raw["scheme"] != "static":
-        raise EdgevitError(f"recipe {recipe.name}: onnx int8 recipes take scheme static (onnxruntime QDQ)")
+    get_target(recipe.target).validate_quantization(recipe.name, raw)
     io = raw.get("io", "float")
     if io not in ("float", "int8") or (io == "int8" and (recipe.target != "tflite" or raw["scheme"] != "static")):
         raise EdgevitError(
@@ -40,88 +40,7 @@ def quant_options(recipe: Recipe) -> dict[str, Any] | None:
 def backend_quantizer(target: str, options: dict[str, Any], qat: bool = False):
     """The target's own PT2E quantizer, configured for int8 symmetric weights (per channel by default);
     ``qat`` gives its fake-quantize form for ``prepare_qat_pt2e``."""
-    dynamic = options["scheme"] == "dynamic"
-    if target == "executorch":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-
-        return XNNPACKQuantizer().set_global(
-            get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic, is_qat=qat)
-        )
-    if target == "tflite":
-        from ..runtime.quiet import native_stderr_silenced
-
-        with native_stderr_silenced():  # TensorFlow's start-up notices
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-
-        quantizer = PT2EQuantizer().set_global(
-            get_symmetric_quantization_config(is_per_channel=options["per_channel"], is_dynamic=dynamic, is_qat=qat)
-        )
-        # its QAT-only conv+BatchNorm patterns fail to build under this torchao (they export a function, not a
-        # module), and deploy forms hold no BatchNorm for them to match
-        quantizer.STATIC_QAT_ONLY_OPS = []
-        return quantizer
-    if target == "coreml":
-        if dynamic:
-            raise EdgevitError("Core ML has no dynamic activation quantization; use scheme static (w8a8)")
-        from coremltools.optimize.torch.quantization.quantization_config import LinearQuantizerConfig
-        from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
-
-        # Core ML's int8 activations are unsigned (quint8), its weights signed; symmetric suits the NE.
-        # Calibration takes plain min/max: the default moving average (built for QAT's thousands of steps)
-        # moves 1% per image, so a few calibration photos leave the ranges of the first one (18.6 dB against
-        # 35.3 dB on the digits-trained LVT at 64x64).
-        config = {
-            "quantization_scheme": "symmetric",
-            "activation_dtype": torch.quint8,
-            "weight_dtype": torch.qint8,
-            "weight_per_channel": options["per_channel"],
-            "activation_observer": "moving_average_min_max" if qat else "min_max",
-        }
-        memoize_coreml_pattern_graphs()
-        return CoreMLQuantizer(LinearQuantizerConfig.from_dict({"global_config": config}))
-    raise EdgevitError(
-        f"no PT2E quantizer for target '{target}'; PT2E int8 recipes exist for executorch, tflite, coreml"
-    )
-
-
-_pattern_graphs: dict = {}
-
-
-def memoize_coreml_pattern_graphs() -> None:
-    """Trace each of the Core ML quantizer's ~400 op patterns once per process, not on every ``annotate``.
-
-    Its annotators re-export every pattern with torch.export on each call (about 40 s here), which the
-    per-block sensitivity report and every QAT run would pay again. Matching mutates a pattern graph, so each
-    caller gets a copy. Left alone if the (private) hook is not where this version keeps it."""
-    try:
-        from executorch.backends.apple.coreml.quantizer import _coreml_quantizer_utils as utils
-    except ImportError:
-        return
-    trace = getattr(utils, "_get_aten_graph_module", None)
-    if trace is None or getattr(trace, "memoized", False):
-        return
-
-    def memoized(pattern, example_inputs, is_cuda=False):
-        forward = type(pattern).forward  # a pattern is its forward's code and what that closes over
-        key = (
-            forward.__code__,
-            tuple(cell.cell_contents for cell in forward.__closure__ or ()),
-            tuple((tuple(t.shape), t.dtype) for t in example_inputs),
-            is_cuda,
-        )
-        try:
-            hash(key)
-        except TypeError:  # a pattern of a kind this cache does not know: trace it as the quantizer would
-            return trace(pattern, example_inputs, is_cuda)
-        if key not in _pattern_graphs:
-            _pattern_graphs[key] = trace(pattern, example_inputs, is_cuda)
-        return copy.deepcopy(_pattern_graphs[key])
-
-    memoized.memoized = True
-    utils._get_aten_graph_module = memoized
+    return get_target(target).quantizer(options, qat)
 
 
 def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple[type, ...], float_ops=()):

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import EdgevitError
-from ..recipe import Recipe
 from .audit import NON_COMPUTE, max_tensor_rank, op_counts, op_name
 from .base import ExportedArtifact
+from .registry import Target, register_target
 
-SUFFIX = ".pte"
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 
 def _xnnpack(recipe: Recipe):
@@ -73,7 +76,7 @@ def _xnnpack_layout_pass() -> Iterator[None]:
     from executorch.backends.xnnpack import xnnpack_preprocess
     from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import ChannelsLastTaggedReshapePass
 
-    from .xnnpack_layout import PinPermutesContiguousPass, RemoveLayoutRoundTripsPass
+    from ._xnnpack_layout import PinPermutesContiguousPass, RemoveLayoutRoundTripsPass
 
     base = xnnpack_preprocess.XNNPACKPassManager
 
@@ -127,3 +130,74 @@ def audit_lowered(gm: torch.fx.GraphModule) -> dict[str, Any]:
 def _delegated_ops(lowered_module: Any) -> Counter:
     graph = lowered_module.original_module.graph
     return Counter(op_name(n) for n in graph.nodes if n.op == "call_function" and op_name(n) not in NON_COMPUTE)
+
+
+def audit_pte_file(path: Path) -> dict[str, Any]:
+    """Delegate calls and the kernels left outside them, read from a .pte's execution plan."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    plan = deserialize_pte_binary(path.read_bytes()).program.execution_plan[0]
+    delegate_calls, outside = 0, Counter()
+    for chain in plan.chains:
+        for instruction in chain.instructions:
+            kind = type(instruction.instr_args).__name__
+            if kind == "DelegateCall":
+                delegate_calls += 1
+            elif kind == "KernelCall":
+                outside[plan.operators[instruction.instr_args.op_index].name] += 1
+    return {
+        "backend": ", ".join(sorted({d.id for d in plan.delegates})) or "none",
+        "partitions": delegate_calls,
+        "ops_outside": dict(sorted(outside.items())),
+    }
+
+
+def pte_backends(path: Path) -> set[str]:
+    """Backend ids of the delegates inside a .pte (empty when the file cannot be parsed)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    try:
+        return {d.id for d in deserialize_pte_binary(path.read_bytes()).program.execution_plan[0].delegates}
+    except Exception:  # a corrupt file: the runner's own load reports it
+        return set()
+
+
+class ExecuTorchTarget(Target):
+    name = "executorch"
+    suffix = ".pte"
+    description = "ExecuTorch program (.pte), XNNPACK delegate (or Core ML's inside the .pte)"
+    order = 0
+    layout = "tokens-last"
+    default_recipe = "executorch-xnnpack-fp32"
+    int8_recipe = "executorch-xnnpack-int8"
+    runtime = "executorch"
+    host_runner = "edgevit.runtime.executorch:ExecuTorchRunner"
+    device_runner = "executor_runner"
+    # ExecuTorch 1.5.1 fails to reshape dynamically quantized convs (RASA's strided reduction, 1x1 convs) at
+    # run time, so they stay float in dynamic int8 graphs
+    dynamic_float_modules = (torch.nn.Conv2d,)
+
+    def export(self, model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
+        return export(model, example, recipe)
+
+    def audit_file(self, path: Path) -> dict[str, Any]:
+        return audit_pte_file(path)
+
+    def quantizer(self, options: dict[str, Any], qat: bool = False) -> Any:
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        config = get_symmetric_quantization_config(
+            is_per_channel=options["per_channel"], is_dynamic=options["scheme"] == "dynamic", is_qat=qat
+        )
+        return XNNPACKQuantizer().set_global(config)
+
+    def cannot_run_here(self, path: Path) -> str | None:
+        if sys.platform != "darwin" and "CoreMLBackend" in pte_backends(path):
+            return "the .pte delegates to Core ML, which runs on Apple devices only; numerics skipped on this host"
+        return None
+
+
+register_target(ExecuTorchTarget())

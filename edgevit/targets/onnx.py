@@ -5,14 +5,16 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..recipe import Recipe
+from ..errors import EdgevitError
 from .base import ExportedArtifact
+from .registry import Target, register_target
 
-SUFFIX = ".onnx"
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 DEFAULT_OPSET = 18  # Col2Im (the training form's fold) needs 18
 
 
@@ -32,17 +34,6 @@ def export_bytes(model: torch.nn.Module, example: torch.Tensor, opset: int = DEF
             verbose=False,
         )
         return path.read_bytes()
-
-
-def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
-    """fp32 ONNX; an int8 recipe's QDQ quantization runs on these bytes afterwards (see ``quant.onnx_qdq``)."""
-    data = export_bytes(model, example, int(recipe.options.get("opset", DEFAULT_OPSET)))
-    return ExportedArtifact.from_bytes(data, audit_onnx(data))
-
-
-def replace_model(data: bytes) -> ExportedArtifact:
-    """The artifact for rewritten ONNX bytes, audited afresh."""
-    return ExportedArtifact.from_bytes(data, audit_onnx(data))
 
 
 def audit_onnx(data: bytes) -> dict[str, Any]:
@@ -65,3 +56,40 @@ def audit_onnx(data: bytes) -> dict[str, Any]:
         "max_rank": rank,
         "max_rank_op": where,
     }
+
+
+class OnnxTarget(Target):
+    name = "onnx"
+    suffix = ".onnx"
+    description = "ONNX (.onnx) for onnxruntime: the desktop reference"
+    order = 3
+    layout = "tokens-last-layernorm"  # onnxruntime has a LayerNorm op of its own
+    default_recipe = "onnx-fp32"
+    runtime = "onnxruntime"
+    host_runner = "edgevit.runtime.onnx:OnnxRunner"
+
+    def export(self, model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
+        """fp32 ONNX; an int8 recipe's QDQ quantization runs on these bytes afterwards (quantize_exported)."""
+        data = export_bytes(model, example, int(recipe.options.get("opset", DEFAULT_OPSET)))
+        return ExportedArtifact.from_bytes(data, audit_onnx(data))
+
+    def audit_file(self, path: Path) -> dict[str, Any]:
+        return audit_onnx(path.read_bytes())
+
+    def validate_quantization(self, recipe_name: str, options: dict[str, Any]) -> None:
+        if options["scheme"] != "static":
+            raise EdgevitError(f"recipe {recipe_name}: onnx int8 recipes take scheme static (onnxruntime QDQ)")
+
+    def quantize_exported(self, options: dict[str, Any]):
+        """onnxruntime's static QDQ on the exported bytes: uint8 activations, int8 weights."""
+
+        def rewrite(artifact: ExportedArtifact, calibration, keep_float: tuple[str, ...]) -> ExportedArtifact:
+            from ..quant.onnx_qdq import quantize_qdq
+
+            data = quantize_qdq(artifact.data, calibration, options["per_channel"], keep_float)
+            return ExportedArtifact.from_bytes(data, audit_onnx(data))
+
+        return rewrite
+
+
+register_target(OnnxTarget())

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import EdgevitError
-from ..quant.pt2e import backend_quantizer, quant_options
-from ..recipe import Recipe
+from ..quant.pt2e import quant_options
 from .base import ExportedArtifact
+from .registry import Target, register_target
 from .tflite_io import float_io
 
-SUFFIX = ".tflite"
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 _LAYOUTS = ("NCHW", "NHWC")
 _PRECISIONS = ("fp32", "fp16", "int8", "dynamic-int8")  # fp16: float16 weights, fp32 activations
 # ops a stock LiteRT runtime cannot run or that leave the CPU/GPU delegates
@@ -88,7 +90,7 @@ def _export_quantized(litert_torch, model, example: torch.Tensor, recipe: Recipe
         or recipe.options.get("input_dtype", "float32") != "float32"
     ):
         raise EdgevitError(f"recipe {recipe.name}: int8 tflite recipes take NCHW float input; drop input_layout/dtype")
-    config = QuantConfig(pt2e_quantizer=backend_quantizer("tflite", quant))
+    config = QuantConfig(pt2e_quantizer=TFLiteTarget().quantizer(quant))
     with native_stderr_silenced():  # the MLIR converter logs every quantize pair it meets
         data = litert_torch.convert(model, (example,), quant_config=config).model_content()
     if quant["scheme"] == "static" and quant["io"] == "float":  # dynamic models keep float I/O by construction
@@ -156,3 +158,51 @@ def audit_tflite(data: bytes) -> dict[str, Any]:
         "xnnpack_partitions": partitions,
         "runtime_error": runtime_error,
     }
+
+
+class TFLiteTarget(Target):
+    name = "tflite"
+    suffix = ".tflite"
+    description = "LiteRT flatbuffer (.tflite), all builtin ops, XNNPACK or GPU delegate on Android"
+    order = 2
+    layout = "tokens-last"
+    default_recipe = "tflite-fp32"
+    int8_recipe = "tflite-int8"
+    runtime = "litert"
+    host_runner = "edgevit.runtime.tflite:TFLiteRunner"
+    device_runner = "benchmark_model"
+    fold_quantize = False  # litert-torch reads weights as float constants behind quantize/dequantize pairs
+
+    def export(self, model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
+        return export(model, example, recipe)
+
+    def audit_file(self, path: Path) -> dict[str, Any]:
+        return audit_tflite(path.read_bytes())
+
+    def quantizer(self, options: dict[str, Any], qat: bool = False) -> Any:
+        from ..runtime.quiet import native_stderr_silenced
+
+        with native_stderr_silenced():  # TensorFlow's start-up notices
+            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+        config = get_symmetric_quantization_config(
+            is_per_channel=options["per_channel"], is_dynamic=options["scheme"] == "dynamic", is_qat=qat
+        )
+        quantizer = PT2EQuantizer().set_global(config)
+        # its QAT-only conv+BatchNorm patterns fail to build under this torchao (they export a function, not a
+        # module), and deploy forms hold no BatchNorm for them to match
+        quantizer.STATIC_QAT_ONLY_OPS = []
+        return quantizer
+
+    def adapt_for_dynamic(self, deploy: torch.nn.Module) -> None:
+        """LiteRT's converter gives every constant matmul operand int8 weights, and its XNNPACK delegate cannot
+        prepare a BATCH_MATMUL with an int8 constant filter: CSA's per-tap value maps become one Linear per tap
+        there (same numbers, FULLY_CONNECTED ops)."""
+        from ..lowering.ops import TapLinear
+
+        for module in deploy.modules():
+            if isinstance(module, TapLinear):
+                module.as_linears = True
+
+
+register_target(TFLiteTarget())

@@ -17,8 +17,9 @@ from torch import fx, nn
 from ..errors import EdgevitError, Interrupted, Stopped
 from ..fileio import atomic_write_json, path_sha256
 from ..models.registry import Size, size_text
-from ..quant.policy import BACKEND_FLOAT_OPS, untie_weights
+from ..quant.policy import untie_weights
 from ..quant.pt2e import _keep_float_quantizer, backend_quantizer
+from ..targets.registry import get_target, list_targets
 from .folder import LabelledImages
 from .loop import accuracy, train_epoch
 
@@ -69,7 +70,7 @@ def prepare_qat(deploy: nn.Module, example: torch.Tensor, target: str, options: 
     for param in gm.parameters():  # untied copies are registered frozen; QAT trains every weight
         param.requires_grad_(True)
     quantizer = backend_quantizer(target, options, qat=True)
-    return prepare_qat_pt2e(gm, _keep_float_quantizer(quantizer, keep_float, (), BACKEND_FLOAT_OPS.get(target, ())))
+    return prepare_qat_pt2e(gm, _keep_float_quantizer(quantizer, keep_float, (), get_target(target).float_ops))
 
 
 def save_checkpoint(path: Path, run: QATRun, prepared: fx.GraphModule, optimizer, epoch: int, history: list) -> None:
@@ -215,12 +216,13 @@ def qat_export(
     from .folder import load_labelled
 
     entry = get_entry(model_name)
-    chosen = resolve_recipe(target, recipe or _INT8_RECIPES.get(target))
+    qat_recipes = {t.name: t.int8_recipe for t in list_targets() if t.int8_recipe}
+    chosen = resolve_recipe(target, recipe or qat_recipes.get(target))
     options = quant_options(chosen)
-    if options is None or options["scheme"] != "static" or target == "onnx":
+    if options is None or options["scheme"] != "static" or target not in qat_recipes:
         raise EdgevitError(
             f"recipe {chosen.name} is not a static int8 PT2E recipe; QAT targets: "
-            + ", ".join(f"{t} ({r})" for t, r in _INT8_RECIPES.items())
+            + ", ".join(f"{t} ({r})" for t, r in qat_recipes.items())
         )
     size = input_size or entry.input_spec.size
     check_input_size(model_name, size)
@@ -298,6 +300,3 @@ def artifact_accuracy(path: Path, data: LabelledImages) -> float | None:
         return None
     predictions = open_runner(path).run_batch(data.images.numpy()).argmax(-1)
     return round(float((torch.from_numpy(predictions) == data.labels).float().mean()), 4)
-
-
-_INT8_RECIPES = {"executorch": "executorch-xnnpack-int8", "tflite": "tflite-int8", "coreml": "coreml-w8a8"}
