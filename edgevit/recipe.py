@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ from .errors import EdgevitError
 from .fileio import read_yaml
 from .targets.registry import get_target, list_targets, target_names
 
-RECIPE_DIR = Path(__file__).parent / "recipes"
+# the top-level recipes/ folder, shipped as this package (a real folder in both wheel and editable installs)
+RECIPE_DIR = Path(str(resources.files("edgevit.recipes")))
 PRECISIONS = ("fp32", "fp16", "int8", "w8", "w8a8", "palettize4", "dynamic-int8")
 
 

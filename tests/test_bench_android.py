@@ -212,13 +212,46 @@ def test_setup_errors_come_before_the_phone_is_touched(phone, tiny_artifacts, tm
 
 
 def test_probe_writes_a_profile_that_benchmarks(phone, tiny_artifacts, tmp_path):
-    env = phone[0]
-    proc = run_cli("devices", "probe", cwd=tmp_path, env=env)
+    home = tmp_path / "home"
+    env = phone[0] | {"EDGEVIT_HOME": str(home)}
+    probe = ("devices", "probe", "--output-dir", str(home / "devices"))
+    proc = run_cli(*probe, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
-    written = yaml.safe_load((tmp_path / "devices" / "pixel-fake.yaml").read_text())
+    written = yaml.safe_load((home / "devices" / "pixel-fake.yaml").read_text())
     assert written["serial"] == "FAKE01" and written["cpu_mask"] == "f0" and written["threads"] == 4
     assert "Google Pixel Fake (Tensor G9, Android 16)" in written["description"]
-    again = run_cli("devices", "probe", cwd=tmp_path, env=env)
+    again = run_cli(*probe, cwd=tmp_path, env=env)
     assert again.returncode == 2 and "--force" in again.stderr
-    listed = run_cli("devices", "--json", cwd=tmp_path, env=env)
+    listed = run_cli("devices", "--json", cwd=tmp_path, env=env)  # found by name in the user folder
     assert "pixel-fake" in {p["name"] for p in json.loads(listed.stdout)}
+
+
+def test_probe_writes_to_the_user_folder_not_the_shipped_one(phone, tmp_path, monkeypatch):
+    from edgevit.bench import devices
+    from edgevit.errors import EdgevitError
+
+    for key, value in phone[0].items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EDGEVIT_HOME", str(tmp_path / "home"))
+    shipped = sorted(devices.BUILTIN_DIR.iterdir())
+    path, profile = devices.probe()
+    assert path == tmp_path / "home" / "devices" / "pixel-fake.yaml" and profile["serial"] == "FAKE01"
+    assert devices.get_profile("pixel-fake").source == str(path)
+    with pytest.raises(EdgevitError, match="--force"):
+        devices.probe()
+    with pytest.raises(EdgevitError, match="shipped device profiles"):
+        devices.probe(output_dir=devices.BUILTIN_DIR, force=True)
+    assert sorted(devices.BUILTIN_DIR.iterdir()) == shipped
+
+
+def test_user_folder_follows_the_environment(tmp_path, monkeypatch):
+    from edgevit.bench.devices import user_dir
+
+    monkeypatch.delenv("EDGEVIT_HOME", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert user_dir() == tmp_path / ".config" / "edgevit" / "devices"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert user_dir() == tmp_path / "xdg" / "edgevit" / "devices"
+    monkeypatch.setenv("EDGEVIT_HOME", str(tmp_path / "home"))
+    assert user_dir() == tmp_path / "home" / "devices"

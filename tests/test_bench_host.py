@@ -127,7 +127,7 @@ def test_devices_lists_and_validates_profiles(tmp_path):
     assert proc.returncode == 0, proc.stderr
     kinds = {p["name"]: p["kind"] for p in json.loads(proc.stdout)}
     assert kinds["host"] == "host" and kinds["android"] == "android" and kinds["iphone"] == "apple"
-    (tmp_path / "devices").mkdir()
+    (tmp_path / "devices").mkdir()  # the user folder under $EDGEVIT_HOME
     (tmp_path / "devices" / "mine.yaml").write_text("name: mine\nkind: android\nthreads: 0\n")
-    bad = run_cli("devices", cwd=tmp_path)
+    bad = run_cli("devices", env={"EDGEVIT_HOME": str(tmp_path)})
     assert bad.returncode == 2 and "field 'threads' must be a positive integer" in bad.stderr

@@ -1,21 +1,24 @@
 """Device profiles (``devices/*.yaml``): where a benchmark runs and how.
 
-Built-in profiles ship in ``edgevit/devices``; a user's live in ``./devices`` (``edgevit devices probe``
-writes them there) or anywhere as a YAML path. ``kind`` is ``host`` (this machine), ``android`` (a phone
-over adb) or ``apple`` (documents what runs where; Apple devices are not driven from here).
+Built-in profiles are the top-level ``devices/`` folder, shipped as the package ``edgevit.devices``; a user's
+live in a user folder (``user_dir()``, where ``edgevit devices probe`` writes them) or anywhere as a YAML
+path. ``kind`` is ``host`` (this machine), ``android`` (a phone over adb) or ``apple`` (documents what runs
+where; Apple devices are not driven from here).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..errors import EdgevitError
-from ..fileio import read_yaml
+from ..fileio import atomic_write_bytes, make_dir, read_yaml, refuse_overwrite
 
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "devices"
-USER_DIR = Path("devices")
+BUILTIN_DIR = Path(str(resources.files("edgevit.devices")))
 KINDS = ("host", "android", "apple")
 RUNNER_KINDS = ("executor_runner", "benchmark_model")
 REMOTE_ROOT = "/data/local/tmp/"
@@ -103,11 +106,21 @@ def load_profile_file(path: Path) -> DeviceProfile:
     return parse_profile(read_yaml(path, "device profile", "fix the file or run `edgevit devices`"), str(path))
 
 
+def user_dir() -> Path:
+    """A user's own profiles: $EDGEVIT_HOME/devices, else $XDG_CONFIG_HOME/edgevit/devices, else
+    ~/.config/edgevit/devices (outside the package, so they survive reinstalls and never mix with the shipped)."""
+    if os.environ.get("EDGEVIT_HOME"):
+        return Path(os.environ["EDGEVIT_HOME"]).expanduser() / "devices"
+    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config).expanduser() / "edgevit" / "devices"
+
+
 def profile_paths() -> list[Path]:
-    """Built-in profiles, then the user's in ./devices (a user's profile replaces a built-in of the same name)."""
+    """Built-in profiles, then the user's (a user's profile replaces a built-in of the same name)."""
     paths = sorted(BUILTIN_DIR.glob("*.yaml"))
-    if USER_DIR.is_dir():
-        paths += sorted(USER_DIR.glob("*.yaml"))
+    user = user_dir()
+    if user.is_dir() and user.resolve() != BUILTIN_DIR.resolve():
+        paths += sorted(user.glob("*.yaml"))
     return paths
 
 
@@ -117,7 +130,7 @@ def all_profiles() -> dict[str, DeviceProfile]:
 
 
 def get_profile(name_or_path: str) -> DeviceProfile:
-    """A profile by name (built in or in ./devices) or from a YAML path."""
+    """A profile by name (built in or in the user folder) or from a YAML path."""
     if name_or_path.endswith((".yaml", ".yml")) or Path(name_or_path).is_file():
         return load_profile_file(Path(name_or_path))
     profiles = all_profiles()
@@ -127,3 +140,30 @@ def get_profile(name_or_path: str) -> DeviceProfile:
             "pass a YAML file, or write one with `edgevit devices probe`"
         )
     return profiles[name_or_path]
+
+
+def probe(
+    serial: str | None = None, name: str | None = None, output_dir: Path | None = None, force: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """Write a profile for a connected phone from its getprop and cpufreq data (big cores pinned).
+
+    It goes to ``output_dir``, by default the user folder; never into the shipped profiles.
+    Returns the file written and the profile.
+    """
+    import yaml
+
+    from . import android_env
+    from .adb import Adb
+
+    folder = output_dir or user_dir()
+    if folder.resolve() == BUILTIN_DIR.resolve():
+        raise EdgevitError(f"{folder} holds the shipped device profiles; write yours to {user_dir()} instead")
+    adb = Adb.connect(serial)
+    env = android_env.capture(adb)
+    name = name or re.sub(r"[^a-z0-9]+", "-", (env.get("model") or adb.serial).lower()).strip("-")
+    path = folder / f"{name}.yaml"
+    refuse_overwrite([path], force)
+    make_dir(folder)
+    profile = android_env.profile_from(env, name)
+    atomic_write_bytes(path, yaml.safe_dump(profile, sort_keys=False).encode())
+    return path, profile

@@ -1,0 +1,1 @@
+"""Built-in device profiles: one YAML file per device, loaded by ``edgevit.bench.devices``."""
