@@ -4,8 +4,8 @@ then fp32, PTQ int8 and QAT int8 top-1 on the held-out split, each measured in t
 Steps per model: write the digits as class folders; train the fp32 training form; export fp32 and PTQ int8 per
 target (calibrated on training images); QAT from the fp32 weights per target; score every artifact on val/.
 Every model sees the same split, seed, epochs and input size. Results are merged per model into
-benchmarks/results/accuracy.json (so one model can be re-measured alone) and, with --write-readme, the table of
-every measured model goes into README.md (bench:accuracy).
+benchmarks/results/accuracy.json (so one model can be re-measured alone) and, with --write-results, the table of
+every measured model goes into docs/results.md (bench:accuracy) and the per-model summary is refreshed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from readme_table import write_section
+from model_table import write_summary
+from results_doc import add_write_flag, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "accuracy"
@@ -153,7 +154,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15, help="fp32 training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs, from the fp32 weights")
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="targets to score")
-    parser.add_argument("--write-readme", action="store_true")
+    add_write_flag(parser)
     args = parser.parse_args()
 
     data = digits_folder()
@@ -168,8 +169,9 @@ def main() -> None:
         save_models(RESULTS, saved)
     body = table(saved)
     print(body)
-    if args.write_readme:
+    if args.write_results:
         write_section("accuracy", body)
+        write_summary()  # its accuracy columns
 
 
 if __name__ == "__main__":

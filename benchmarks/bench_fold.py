@@ -2,7 +2,7 @@
 grouped one-hot transposed convolution. Both are exact; each variant of a full CSA block (stage 1 of LVT,
 56x56x64, 2 heads) is exported to a .pte and timed in its own process, alternating.
 
-Usage: python benchmarks/bench_fold.py [--rounds 3] [--runs 50]
+Usage: python benchmarks/bench_fold.py [--rounds 3] [--runs 50] [--write-results]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from readme_table import write_section
+from results_doc import add_write_flag, write_section
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--write-readme", action="store_true", help="Write the result into README.md.")
+    add_write_flag(ap)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.runs)
@@ -119,7 +119,7 @@ def main() -> None:
         lines.append(f"| {name} | {statistics.median(values):.2f} | {per_process} |")
     table = "\n".join(lines)
     print(table)
-    if args.write_readme:
+    if args.write_results:
         write_section("fold", table)
 
 

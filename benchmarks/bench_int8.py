@@ -2,7 +2,7 @@
 process, alternating (fp32 int8 ... fp32 int8 ...), the figure being the median of the per-process medians.
 
 Core ML artifacts are sized only: their prediction needs macOS. Results go to benchmarks/results/int8.json and,
-with --write-readme, into README.md between the bench:int8 markers.
+with --write-results, into docs/results.md between the bench:int8 markers.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from readme_table import write_section
+from results_doc import add_write_flag, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -126,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per artifact, alternating")
     parser.add_argument("--runs", type=int, default=30, help="timed inferences per process")
-    parser.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    add_write_flag(parser)
     parser.add_argument("--export-only", action="store_true", help="export the artifacts and stop")
     parser.add_argument("--skip-export", action="store_true", help="time the artifacts a previous run exported")
     args = parser.parse_args()
@@ -151,7 +151,7 @@ def main() -> None:
             indent=2,
         )
     )
-    if args.write_readme:
+    if args.write_results:
         from edgevit.bench.record import host_environment
 
         env = host_environment()

@@ -4,7 +4,7 @@ static int8 (XNNPACKQuantizer, per-channel weights), each timed in its own proce
 A model's int8/fp32 latency ratio cannot beat its GEMMs' ratio, and that ratio is set by the CPU: with int8
 dot-product instructions (x86 VNNI, Arm SDOT) int8 GEMMs run several times faster than fp32; without them
 XNNPACK widens int8 to 16 bits and they run at about fp32's pace. Results go to
-benchmarks/results/int8_gemm.json and, with --write-readme, into README.md between the bench:int8-gemm markers.
+benchmarks/results/int8_gemm.json and, with --write-results, into docs/results.md between the bench:int8-gemm markers.
 
 Usage: python benchmarks/bench_int8_gemm.py [--rounds 3] [--runs 50]
 """
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from readme_table import write_section
+from results_doc import add_write_flag, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--shape", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=3, help="fresh processes per .pte, alternating")
     ap.add_argument("--runs", type=int, default=50, help="timed inferences per process")
-    ap.add_argument("--write-readme", action="store_true", help="write the table into README.md")
+    add_write_flag(ap)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, tuple(int(n) for n in args.shape.split(",")), args.runs)
@@ -126,7 +126,7 @@ def main() -> None:
     print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"cpu": cpu, "int8_dot_products": dots, "layers": results}, indent=2))
-    if args.write_readme:
+    if args.write_results:
         write_section("int8-gemm", table)
 
 

@@ -4,7 +4,8 @@ the training form gives.
 
 Each measurement runs in its own process, alternating (a b c a b c ...), because two runtimes in one process
 fight over the cores; the figure per path is the median of the per-process medians. Results go to
-benchmarks/results/MODEL.json and, with --write-readme, into README.md between the bench:MODEL markers.
+benchmarks/results/MODEL.json and, with --write-results, into docs/results.md between the bench:MODEL markers (the
+per-model summary there and in the README is refreshed too).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from readme_table import write_section
+from model_table import write_summary
+from results_doc import add_write_flag, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
@@ -286,7 +288,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--write-readme", action="store_true", help="Write the table into README.md.")
+    add_write_flag(ap)
     args = ap.parse_args()
     if args.worker:
         worker(args.model, args.worker, args.path, args.threads, args.warmup, args.runs)
@@ -318,8 +320,9 @@ def main() -> None:
         + "\n"
     )
     print(table)
-    if args.write_readme:
+    if args.write_results:
         write_section(args.model, table)
+        write_summary()  # its latency columns
 
 
 if __name__ == "__main__":

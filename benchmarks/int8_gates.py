@@ -7,7 +7,7 @@ target's runtime (Core ML: the quantized graph simulated in PyTorch, as off macO
 
 Random weights are no test of int8 for MMViT: its untrained logits hardly differ between images, so rounding
 is a large share of what differs (docs/mmvit.md). Results merge per model into
-benchmarks/results/int8_gates.json; --write-readme puts the table into README.md (bench:int8-gates).
+benchmarks/results/int8_gates.json; --write-results puts the table into docs/results.md (bench:int8-gates).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import time
 
 from accuracy import OUT, SIZE, digits_folder, log, save_models, train_fp32
-from readme_table import write_section
+from results_doc import add_write_flag, write_section
 
 RESULTS = OUT.parents[1] / "results" / "int8_gates.json"
 # (target, recipe): every int8 recipe; tflite-int8-float-io quantizes as tflite-int8 does
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mmvit_xs", "mmvit_s"], help="models to gate")
     parser.add_argument("--recipes", nargs="+", choices=[r for _, r in RECIPES], help="only these int8 recipes")
     parser.add_argument("--epochs", type=int, default=15, help="fp32 training epochs when weights are missing")
-    parser.add_argument("--write-readme", action="store_true")
+    add_write_flag(parser)
     args = parser.parse_args()
 
     data = digits_folder()
@@ -128,7 +128,7 @@ def main() -> None:
             save_models(RESULTS, saved)
     body = table(saved)
     print(body)
-    if args.write_readme:
+    if args.write_results:
         write_section("int8-gates", body)
 
 

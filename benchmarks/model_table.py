@@ -1,7 +1,8 @@
-"""The README's per-model summary: size and cost from the registry, latency per target from
-benchmarks/results/MODEL.json (bench_model.py) and trained accuracy from benchmarks/results/accuracy.json
-(accuracy.py). It measures nothing itself; a model not measured yet shows a dash. Run by `make bench` and
-`make accuracy` after their measurements, or alone: python benchmarks/model_table.py --write-readme
+"""The per-model summary (bench:models, in the README and docs/results.md): size and cost from the registry,
+latency per target from benchmarks/results/MODEL.json (bench_model.py) and trained accuracy from
+benchmarks/results/accuracy.json (accuracy.py). It measures nothing itself; a model not measured yet shows a
+dash. bench_model.py and accuracy.py refresh it after their measurements; alone:
+python benchmarks/model_table.py --write-results
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from readme_table import write_section
+from results_doc import add_write_flag, write_section
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("lvt", "mmvit_xs", "mmvit_s")
@@ -52,19 +53,23 @@ def table() -> str:
         rows.append("| " + " | ".join(cells) + " |")
     notes = (
         "Latency: 224x224, batch 1, fp32, 2 threads on this machine, medians from `benchmarks/bench_model.py` "
-        "(full tables below). Accuracy: trained at 64x64 on the digits set, held-out split, scored by the "
+        "(full tables in docs/results.md). Accuracy: trained at 64x64 on the digits set, held-out split, scored by the "
         "ExecuTorch artifact (int8: `executorch-xnnpack-int8`); other targets in the accuracy table."
     )
     return "\n".join(rows) + "\n\n" + notes
 
 
+def write_summary() -> None:
+    write_section("models", table())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write-readme", action="store_true", help="write the table into README.md (bench:models)")
+    add_write_flag(parser)
     args = parser.parse_args()
     body = table()
     print(body)
-    if args.write_readme:
+    if args.write_results:
         write_section("models", body)
 
 
