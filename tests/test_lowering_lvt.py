@@ -7,8 +7,8 @@ import torch
 
 from edgevit.errors import EdgevitError
 from edgevit.lowering import lower
-from edgevit.lowering.lvt import DeployClassBlock, DeployCSA, DeployRASA
-from edgevit.lowering.lvt_channels_first import ChannelsFirstClassBlock, ChannelsFirstCSA, ChannelsFirstRASA
+from edgevit.lowering.layout import LAYOUTS
+from edgevit.lowering.lvt import ChannelsFirstCSA, DeployClassBlock, DeployCSA, DeployRASA
 from edgevit.models import create_model
 from edgevit.models.lvt import CSA, RASA, ClassBlock
 from edgevit.targets.audit import max_tensor_rank, op_counts
@@ -31,6 +31,11 @@ def _nchw(module, x_nhwc):
     return module(x_nhwc.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
+def _on_map(module, layout, x_nhwc):
+    """``module`` run on an NHWC map laid out as ``layout`` lays maps out, the result back in NHWC."""
+    return _nchw(module, x_nhwc) if layout.channels_first else module(x_nhwc)
+
+
 @pytest.mark.parametrize("B,H,W,C,heads", [(2, 8, 8, 16, 2), (1, 12, 6, 10, 1), (1, 56, 56, 64, 2)])
 def test_channels_first_csa_equals_csa(B, H, W, C, heads):
     torch.manual_seed(0)
@@ -40,25 +45,6 @@ def test_channels_first_csa_equals_csa(B, H, W, C, heads):
         torch.testing.assert_close(_nchw(ChannelsFirstCSA.from_module(m), x), m(x), **TOL)
     with pytest.raises(ValueError, match="kernel 3"):
         ChannelsFirstCSA.from_module(CSA(8, 1, kernel_size=5))
-
-
-@pytest.mark.parametrize("sr,recursions", [(1, 2), (2, 2), (4, 1), (2, 3)])
-def test_channels_first_rasa_equals_rasa(sr, recursions):
-    torch.manual_seed(0)
-    m = RASA(20, 4, sr_ratio=sr, recursions=recursions).eval()
-    x = torch.randn(2, 8, 8, 20)
-    with torch.no_grad():
-        torch.testing.assert_close(_nchw(ChannelsFirstRASA.from_module(m), x), m(x), **TOL)
-
-
-def test_channels_first_class_block_equals_class_block():
-    torch.manual_seed(0)
-    m = ClassBlock(32, 4, 4).eval()
-    x = torch.randn(2, 17, 32)
-    tokens = x.transpose(1, 2).reshape(2, 32, 1, 17)  # B, C, 1, tokens
-    with torch.no_grad():
-        out = ChannelsFirstClassBlock(m)(tokens).reshape(2, 32, 17).transpose(1, 2)
-        torch.testing.assert_close(out, m(x), **TOL)
 
 
 def test_csa_patches_are_unfold():
@@ -74,24 +60,31 @@ def test_deploy_csa_refuses_other_kernels():
         DeployCSA.from_module(CSA(8, 1, kernel_size=5))
 
 
+@pytest.mark.parametrize("layout", list(LAYOUTS.values()), ids=list(LAYOUTS))
 @pytest.mark.parametrize("sr,recursions", [(1, 2), (2, 2), (4, 1), (2, 3)])
-def test_deploy_rasa_equals_rasa(sr, recursions):
+def test_deploy_rasa_equals_rasa(sr, recursions, layout):
     torch.manual_seed(0)
     m = RASA(20, 4, sr_ratio=sr, recursions=recursions).eval()
     x = torch.randn(2, 8, 8, 20)
     with torch.no_grad():
-        torch.testing.assert_close(DeployRASA.from_module(m)(x), m(x), **TOL)
+        torch.testing.assert_close(_on_map(DeployRASA.from_module(m, layout), layout, x), m(x), **TOL)
 
 
-def test_deploy_class_block_equals_class_block():
+@pytest.mark.parametrize("layout", list(LAYOUTS.values()), ids=list(LAYOUTS))
+def test_deploy_class_block_equals_class_block(layout):
     torch.manual_seed(0)
     m = ClassBlock(32, 4, 4).eval()
     x = torch.randn(2, 17, 32)
+    deploy = DeployClassBlock.from_module(m, layout)
     with torch.no_grad():
-        torch.testing.assert_close(DeployClassBlock.from_module(m)(x), m(x), **TOL)
+        if layout.channels_first:  # tokens as (B, C, 1, N)
+            out = deploy(x.transpose(1, 2).reshape(2, 32, 1, 17)).reshape(2, 32, 17).transpose(1, 2)
+        else:
+            out = deploy(x)
+        torch.testing.assert_close(out, m(x), **TOL)
 
 
-@pytest.mark.parametrize("target", ["executorch", "coreml"])  # the NHWC form and the channels-first form
+@pytest.mark.parametrize("target", ["executorch", "onnx", "coreml"])  # each layout
 @pytest.mark.parametrize("name", ["lvt", "lvt_cls"])
 def test_lowered_model_equals_training_form_on_real_photos(name, target, photos_224):
     torch.manual_seed(0)

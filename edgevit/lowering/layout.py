@@ -1,14 +1,38 @@
-"""The deploy layouts a target can ask for (``Target.layout``) and what each one means for a deploy form."""
+"""The deploy layouts a target can ask for (``Target.layout``): the strategy every deploy form is written over.
+
+A deploy form calls its layout for everything that depends on where the channels sit: the layer a Linear
+becomes, the norm, slicing and joining tokens, splitting heads, the attention products, pooling. The forms
+each call makes are the ones measured fastest on the layout's runtimes; keep them op for op.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..errors import EdgevitError
+from .ops import (
+    ChannelLayerNorm,
+    HeadChannelLayerNorm,
+    LinearLayerNorm,
+    attend_channels_first,
+    linear_silu,
+    max_pool_edge_padded,
+    spatial_mean_nhwc,
+)
+from .weights import conv1x1_from, linear_from
+
+Grid = tuple[int, int]
 
 
 @dataclass(frozen=True)
-class Layout:
+class Layout(ABC):
     """How a deploy form lays out its tensors and which normalisation ops it may use.
 
     ``channels_first``: (B, C, H, W) / (B, C, 1, N) from image to logits, Linear layers as 1x1 convs (Core ML
@@ -21,13 +45,247 @@ class Layout:
     channels_first: bool
     native_norm: bool
 
+    token_axis: ClassVar[int]
+    fuse_projections: ClassVar[bool]  # Q/K/V that pool alike as one layer (fewer nodes for ExecuTorch)
+
+    @abstractmethod
+    def linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
+        """A fresh layer computing ``x @ weight.T + bias`` on this layout's channel axis."""
+
+    @abstractmethod
+    def norm(self, norm: nn.LayerNorm) -> nn.Module:
+        """The LayerNorm ``norm`` over this layout's channel axis."""
+
+    @abstractmethod
+    def head_norm(self, parts: Sequence[tuple[nn.LayerNorm, float]], heads: int) -> nn.Module:
+        """Per-head norms of one or more projections side by side on the channel axis, each ``(norm, scale)``
+        normalising every ``heads`` slice of its part on its own, its affine multiplied by ``scale``."""
+
+    @abstractmethod
+    def silu(self, x: torch.Tensor) -> torch.Tensor:
+        """SiLU in the form the runtime delegates."""
+
+    @abstractmethod
+    def to_map(self, x: torch.Tensor) -> torch.Tensor:
+        """A spatial map in this layout as the (B, C, H, W) map a conv takes."""
+
+    @abstractmethod
+    def from_map(self, x: torch.Tensor) -> torch.Tensor:
+        """A conv's (B, C, H, W) output as a spatial map in this layout."""
+
+    @abstractmethod
+    def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """A spatial map in this layout as a row of tokens."""
+
+    @abstractmethod
+    def attention_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """A spatial map as the keys' and values' projections read it."""
+
+    @abstractmethod
+    def unflatten_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """A row of tokens as a spatial map in this layout."""
+
+    @abstractmethod
+    def token_param(self, tokens: torch.Tensor) -> nn.Parameter:
+        """A fresh parameter of (1, N, C) learned tokens (CLS, position embeddings) in this layout."""
+
+    @abstractmethod
+    def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """Queries or values per head, as :meth:`attend` takes them."""
+
+    @abstractmethod
+    def split_keys(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """Keys per head, (B*heads, d, M), as :meth:`attend` takes them."""
+
+    @abstractmethod
+    def one_token_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """:meth:`split_heads` of a single token, by a reshape alone."""
+
+    @abstractmethod
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k) v per head (the softmax scale is already in k), laid out as ``q``."""
+
+    @abstractmethod
+    def merge_heads(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """:meth:`attend`'s output as tokens or a map of ``shape``, heads side by side on the channel axis."""
+
+    @abstractmethod
+    def spatial_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C): the mean of a spatial map."""
+
+    @abstractmethod
+    def max_over_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C): the maximum over a row of tokens."""
+
+    @abstractmethod
+    def max_pool(self, x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+        """``F.max_pool2d`` of a (B, C, H, W) map, its padding as the runtime takes it."""
+
+    def tokens(self, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """Tokens ``start:stop`` by a stride-1 slice (``select`` has no XNNPACK node)."""
+        return x[(slice(None),) * self.token_axis + (slice(start, stop),)]
+
+    def cat_tokens(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(list(parts), dim=self.token_axis)
+
+    def pad_front_token(self, x: torch.Tensor) -> torch.Tensor:
+        """A zero token in front of a row of tokens."""
+        return F.pad(x, (0, 0) * (x.dim() - 1 - self.token_axis) + (1, 0))
+
+
+@dataclass(frozen=True)
+class TokensLast(Layout):
+    """(B, H, W, C) / (B, N, C): Linear layers, attention as 3-D ``bmm`` on (B*heads, N, d)."""
+
+    token_axis: ClassVar[int] = 1
+    fuse_projections: ClassVar[bool] = True
+
+    def linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
+        return linear_from(weight, bias)
+
+    def norm(self, norm: nn.LayerNorm) -> nn.Module:
+        return self._native(LinearLayerNorm.from_module(norm))
+
+    def head_norm(self, parts: Sequence[tuple[nn.LayerNorm, float]], heads: int) -> nn.Module:
+        weight = torch.cat([n.weight.repeat(heads) * s for n, s in parts])
+        bias = torch.cat([n.bias.repeat(heads) * s for n, s in parts])
+        first = parts[0][0]
+        return self._native(LinearLayerNorm(first.normalized_shape[0], first.eps, weight, bias))
+
+    def _native(self, norm: LinearLayerNorm) -> nn.Module:
+        return norm.to_layer_norm() if self.native_norm else norm
+
+    def silu(self, x: torch.Tensor) -> torch.Tensor:
+        return linear_silu(x)
+
+    def to_map(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+    def from_map(self, x: torch.Tensor) -> torch.Tensor:
+        # XNNPACK holds a conv's output NHWC, so this permute moves no data in the delegate
+        return x.permute(0, 2, 3, 1)
+
+    def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
+    def attention_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flatten_tokens(x)  # Linear layers on (B, N, C) rows
+
+    def unflatten_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return x.reshape(x.shape[0], grid[0], grid[1], x.shape[-1])
+
+    def token_param(self, tokens: torch.Tensor) -> nn.Parameter:
+        return nn.Parameter(tokens.detach().clone())
+
+    def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        if heads == 1 and x.dim() == 3:
+            return x
+        B, C = x.shape[0], x.shape[-1]
+        d = C // heads
+        return x.reshape(B, -1, heads, d).permute(0, 2, 1, 3).reshape(B * heads, -1, d)
+
+    def split_keys(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        B, C = x.shape[0], x.shape[-1]
+        d = C // heads
+        return x.reshape(B, -1, heads, d).permute(0, 2, 3, 1).reshape(B * heads, d, -1)
+
+    def one_token_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return x.reshape(x.shape[0] * heads, 1, x.shape[-1] // heads)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(torch.bmm(q, k).softmax(dim=-1), v)
+
+    def merge_heads(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        B = shape[0]
+        heads, N, d = x.shape[0] // B, x.shape[1], x.shape[2]
+        if heads == 1 and x.shape == shape:
+            return x
+        return x.reshape(B, heads, N, d).permute(0, 2, 1, 3).reshape(shape)
+
+    def spatial_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return spatial_mean_nhwc(x)
+
+    def max_over_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        # a rank-4 max.dim with keepdim: the form XNNPACK takes
+        B, N, C = x.shape
+        return torch.max(x.reshape(B, 1, N, C), dim=2, keepdim=True)[0].reshape(B, -1)
+
+    def max_pool(self, x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+        return max_pool_edge_padded(x, kernel, stride, padding)
+
+
+@dataclass(frozen=True)
+class ChannelsFirst(Layout):
+    """(B, C, H, W) / (B, C, 1, N): 1x1 convs, heads split off the channel axis, no transposes but the keys'."""
+
+    token_axis: ClassVar[int] = 3
+    fuse_projections: ClassVar[bool] = False
+
+    def linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
+        return conv1x1_from(weight, bias)
+
+    def norm(self, norm: nn.LayerNorm) -> nn.Module:
+        return ChannelLayerNorm.from_module(norm)
+
+    def head_norm(self, parts: Sequence[tuple[nn.LayerNorm, float]], heads: int) -> nn.Module:
+        if len(parts) != 1:
+            raise ValueError("channels-first projections pool one at a time")
+        norm, scale = parts[0]
+        channel_norm = ChannelLayerNorm(norm.weight.shape[0], norm.eps, norm.weight * scale, norm.bias * scale)
+        return HeadChannelLayerNorm(heads, channel_norm)
+
+    def silu(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(x)
+
+    def to_map(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def from_map(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], 1, -1)
+
+    def attention_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # 1x1 convs read the map; heads split from it by a reshape
+
+    def unflatten_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], *grid)
+
+    def token_param(self, tokens: torch.Tensor) -> nn.Parameter:
+        return nn.Parameter(tokens.detach().clone().transpose(1, 2).unsqueeze(2))  # 1, C, 1, N
+
+    def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return x.reshape(x.shape[0] * heads, x.shape[1] // heads, -1)
+
+    def split_keys(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return self.split_heads(x, heads)
+
+    def one_token_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        return self.split_heads(x, heads)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return attend_channels_first(q, k, v)
+
+    def merge_heads(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        return x.reshape(shape)
+
+    def spatial_mean(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+    def max_over_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=3).reshape(x.shape[0], -1)
+
+    def max_pool(self, x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+        return F.max_pool2d(x, kernel, stride, padding)
+
 
 LAYOUTS: dict[str, Layout] = {
     layout.name: layout
     for layout in (
-        Layout("tokens-last", channels_first=False, native_norm=False),
-        Layout("tokens-last-layernorm", channels_first=False, native_norm=True),
-        Layout("channels-first", channels_first=True, native_norm=True),
+        TokensLast("tokens-last", channels_first=False, native_norm=False),
+        TokensLast("tokens-last-layernorm", channels_first=False, native_norm=True),
+        ChannelsFirst("channels-first", channels_first=True, native_norm=True),
     )
 }
 

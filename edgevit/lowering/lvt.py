@@ -1,9 +1,9 @@
-"""Deploy form of LVT: the same function as ``edgevit.models.lvt`` written in mobile-delegated ops.
+"""Deploy form of LVT: the same function as ``edgevit.models.lvt`` written in mobile-delegated ops, once for
+every layout (tokens last for XNNPACK/LiteRT/ONNX, channels first for Core ML; see ``lowering.layout``).
 
-Tensors stay NHWC between blocks (as in the training form), so tokens meet Linear layers without copies.
 Every module is built from its training counterpart by ``from_module`` under ``torch.no_grad()``; the
-training model is never modified. Rules kept here: no unfold/fold/gather/scatter, rank <= 4, attention as
-3-D ``bmm`` on (B*heads, N, d), LayerNorm as Linear reductions, static recursion.
+training model is never modified. Rules kept here: no unfold/fold/gather/scatter, rank <= 4, static
+recursion, attention as the layout's products (3-D ``bmm`` on (B*heads, N, d) tokens last).
 """
 
 from __future__ import annotations
@@ -13,14 +13,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import lvt as train
-from .ops import LinearLayerNorm, PhaseFold, ShortRowSoftmax, TapLinear, linear_silu, spatial_mean_nhwc
-from .weights import class_block_weights, conv_copy, linear_from
+from . import register_lowering
+from .blocks import DeployMlp, multi_head_attention
+from .layout import Layout
+from .ops import PhaseFold, ShortRowSoftmax, TapLinear, fold_k3s2p1_nchw
+from .weights import class_block_weights, conv1x1_from, conv_copy, linear_from
 
-__all__ = ["DeployLVT", "DeployCSA", "DeployRASA", "DeployClassBlock"]
+__all__ = ["DeployLVT", "DeployCSA", "ChannelsFirstCSA", "DeployRASA", "DeployClassBlock"]
+
+
+def _check_csa_geometry(m: train.CSA) -> None:
+    if (m.kernel_size, m.stride, m.padding) != (3, 2, 1):
+        raise ValueError("deploy CSA supports the LVT setting: kernel 3, stride 2, padding 1")
 
 
 class DeployCSA(nn.Module):
-    """CSA on NHWC tensors with no conv, no im2col and no col2im: slices, two ``bmm`` and a phase fold.
+    """CSA tokens last (NHWC), with no conv, no im2col and no col2im: slices, two ``bmm`` and a phase fold.
 
     The 3x3 stride-2 patches are strided slices of the padded map, taken as stride-1 slices of a view
     that splits rows and columns into (block, parity); the 2x2 average pool is the mean of four of those
@@ -42,8 +50,7 @@ class DeployCSA(nn.Module):
     @classmethod
     @torch.no_grad()
     def from_module(cls, m: train.CSA) -> DeployCSA:
-        if (m.kernel_size, m.stride, m.padding) != (3, 2, 1):
-            raise ValueError("DeployCSA supports the LVT setting: kernel 3, stride 2, padding 1")
+        _check_csa_geometry(m)
         new = cls(m.dim, m.num_heads)
         # folded into the logits' Linear: the softmax scale, scale*(Wx + b), and the pool's 1/4, W(sum/4)
         new.attn.weight.copy_(m.attn.weight * (m.scale / 4))
@@ -90,119 +97,123 @@ class DeployCSA(nn.Module):
         return self.proj(self.fold(out_taps))
 
 
-class DeployRASA(nn.Module):
-    """RASA with split K/V projections, 3-D bmm attention, SiLU as x*sigmoid(x), recursion unrolled."""
+class ChannelsFirstCSA(nn.Module):
+    """CSA on an NCHW map: strided-slice patches, per-tap 1x1 convs, broadcast attention, phase fold.
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int, dilations: tuple[int, ...], recursions: int):
+    The 9x9 attention of each location is applied as nine broadcast multiply-adds over (heads, taps,
+    channels, locations), so locations stay on the last (widest) axis and never move to the batch axis.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
+        self.dim = dim
         self.num_heads = num_heads
-        self.sr_ratio = sr_ratio
-        self.dilations = dilations
-        self.recursions = recursions
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.k = nn.Linear(dim, dim, bias=False)
-        self.v = nn.Linear(dim, dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
-        self.ds_weight = nn.Parameter(torch.zeros(dim, 1, 3, 3))
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, sr_ratio, sr_ratio)
-            self.norm = LinearLayerNorm(dim, 1e-5, torch.ones(dim), torch.zeros(dim))
+        self.attn = nn.Conv2d(dim, 81 * num_heads, 1)
+        self.values = nn.ModuleList(nn.Conv2d(dim, dim, 1, bias=False) for _ in range(9))
+        self.proj = nn.Conv2d(dim, dim, 1)
 
     @classmethod
     @torch.no_grad()
-    def from_module(cls, m: train.RASA) -> DeployRASA:
-        new = cls(m.dim, m.num_heads, m.sr_ratio, m.ds.dilations, m.recursions)
+    def from_module(cls, m: train.CSA) -> ChannelsFirstCSA:
+        _check_csa_geometry(m)
+        new = cls(m.dim, m.num_heads)
+        new.attn = conv1x1_from(m.attn.weight * m.scale, m.attn.bias * m.scale)
         C = m.dim
-        new.q.weight.copy_(m.q.weight)
-        # the softmax scale is folded into K (linear, no bias); Q passes a nonlinear conv first
-        new.k.weight.copy_(m.kv.weight[:C] * m.scale)
-        new.v.weight.copy_(m.kv.weight[C:])
-        new.proj.load_state_dict(m.proj.state_dict())
-        new.ds_weight.copy_(m.ds.weight)
-        if m.sr_ratio > 1:
-            new.sr = conv_copy(m.sr)
-            new.norm = LinearLayerNorm.from_module(m.norm)
+        for t, conv in enumerate(new.values):  # group t of the grouped 1x1 conv maps tap t
+            conv.weight.copy_(m.weight.weight[t * C : (t + 1) * C])
+        new.proj = conv1x1_from(m.proj.weight, m.proj.bias)
         return new
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h, w = H // 2, W // 2
         heads = self.num_heads
         d = C // heads
-        q = self.q(x).permute(0, 3, 1, 2)
+        padded = F.pad(x, (1, 1, 1, 1))
+        taps = [padded[:, :, ki : ki + 2 * h : 2, kj : kj + 2 * w : 2] for ki in range(3) for kj in range(3)]
+
+        # logits channel = head*81 + out_tap*9 + in_tap; normalised over the input taps
+        attn = self.attn(F.avg_pool2d(x, 2)).reshape(B * heads, 9, 9, h * w).softmax(dim=2)
+        out = None
+        for j, tap in enumerate(taps):
+            term = attn[:, :, j : j + 1] * self.values[j](tap).reshape(B * heads, 1, d, h * w)
+            out = term if out is None else out + term  # B*heads, 9 (out tap), d, h*w
+        out_taps = [out[:, i : i + 1].reshape(B, C, h, w) for i in range(9)]
+        return self.proj(fold_k3s2p1_nchw(out_taps))
+
+
+def csa_from(m: train.CSA, layout: Layout) -> nn.Module:
+    """The CSA algorithm measured fastest for the layout: slices and ``bmm`` tokens last, broadcast
+    multiply-adds and a pixel-shuffle fold channels first."""
+    return ChannelsFirstCSA.from_module(m) if layout.channels_first else DeployCSA.from_module(m)
+
+
+class DeployRASA(nn.Module):
+    """RASA with split K/V projections, the layout's attention products, recursion unrolled."""
+
+    def __init__(self, m: train.RASA, layout: Layout) -> None:
+        super().__init__()
+        C = m.dim
+        self.layout = layout
+        self.num_heads = m.num_heads
+        self.dilations = m.ds.dilations
+        self.recursions = m.recursions
+        self.q = layout.linear(m.q.weight)
+        # the softmax scale is folded into K (linear, no bias); Q passes a nonlinear conv first
+        self.k = layout.linear(m.kv.weight[:C] * m.scale)
+        self.v = layout.linear(m.kv.weight[C:])
+        self.proj = layout.linear(m.proj.weight, m.proj.bias)
+        self.ds_weight = nn.Parameter(m.ds.weight.detach().clone())
+        self.reduces = m.sr_ratio > 1  # keys and values from a strided conv + norm
+        if self.reduces:
+            self.sr = conv_copy(m.sr)
+            self.norm = layout.norm(m.norm)
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, m: train.RASA, layout: Layout) -> DeployRASA:
+        return cls(m, layout)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        L, C = self.layout, self.ds_weight.shape[0]
+        q = L.to_map(self.q(x))
         # one shared depthwise kernel at each dilation (summed without a scalar 0, which would export as
         # a constant the delegate does not own)
-        branches = [linear_silu(F.conv2d(q, self.ds_weight, None, 1, dil, dil, C)) for dil in self.dilations]
+        branches = [L.silu(F.conv2d(q, self.ds_weight, None, 1, dil, dil, C)) for dil in self.dilations]
         q = branches[0]
-        for b in branches[1:]:
-            q = q + b
-        # back to tokens first: XNNPACK holds the conv's output NHWC, so that permute moves no data
-        q = q.permute(0, 2, 3, 1).reshape(B, H * W, heads, d).transpose(1, 2).reshape(B * heads, H * W, d)
-
+        for branch in branches[1:]:
+            q = q + branch
         kv_in = x
-        if self.sr_ratio > 1:
-            kv_in = self.norm(self.sr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
-        kv_in = kv_in.reshape(B, -1, C)
-        M = kv_in.shape[1]
-        k_t = self.k(kv_in).reshape(B, M, heads, d).permute(0, 2, 3, 1).reshape(B * heads, d, M)
-        v = self.v(kv_in).reshape(B, M, heads, d).permute(0, 2, 1, 3).reshape(B * heads, M, d)
-
-        attn = torch.bmm(q, k_t).softmax(dim=-1)
-        out = torch.bmm(attn, v).reshape(B, heads, H * W, d).permute(0, 2, 1, 3).reshape(B, H, W, C)
-        return self.proj(out)
+        if self.reduces:
+            kv_in = self.norm(L.from_map(self.sr(L.to_map(x))))
+        kv_in = L.attention_tokens(kv_in)
+        return self.proj(multi_head_attention(L, L.from_map(q), self.k(kv_in), self.v(kv_in), self.num_heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.recursions == 1:
             return self.attention(x)
+        silu = self.layout.silu
         x_in = x
-        x = linear_silu(self.attention(x))
+        x = silu(self.attention(x))
         for _ in range(self.recursions - 1):
             x = x + x_in
             x_in = x
-            x = linear_silu(self.attention(x))
+            x = silu(self.attention(x))
         return x
 
 
-class DeployMlp(nn.Module):
-    """MLP: Linear-GELU-Linear on tokens, or (stages 2-4) the 1x1 / depthwise / 1x1 convs on an NCHW view.
-
-    The conv form changes layout on the narrow side (C channels) instead of around the depthwise conv
-    (4-8x C channels): XNNPACK runs convs NHWC and copies at every NCHW boundary.
-    """
-
-    def __init__(self, fc1: nn.Module, fc2: nn.Module, depconv: nn.Conv2d | None) -> None:
-        super().__init__()
-        self.fc1 = fc1
-        self.depconv = depconv
-        self.fc2 = fc2
-
-    @classmethod
-    @torch.no_grad()
-    def from_module(cls, m: train.Mlp) -> DeployMlp:
-        if m.depthwise:
-            return cls(conv_copy(m.fc1), conv_copy(m.fc2), conv_copy(m.depconv))
-        return cls(linear_from(m.fc1.weight, m.fc1.bias), linear_from(m.fc2.weight, m.fc2.bias), None)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.depconv is None:
-            return self.fc2(F.gelu(self.fc1(x)))
-        x = self.depconv(self.fc1(x.permute(0, 3, 1, 2)))
-        return self.fc2(F.gelu(x)).permute(0, 2, 3, 1)
-
-
 class DeployBlock(nn.Module):
-    def __init__(self, norm1: nn.Module, attn: nn.Module, norm2: nn.Module, mlp: nn.Module) -> None:
-        super().__init__()
-        self.norm1, self.attn, self.norm2, self.mlp = norm1, attn, norm2, mlp
+    """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
 
-    @classmethod
-    def from_module(cls, m: train.Block) -> DeployBlock:
-        attn = DeployCSA.from_module(m.attn) if isinstance(m.attn, train.CSA) else DeployRASA.from_module(m.attn)
-        return cls(
-            LinearLayerNorm.from_module(m.norm1),
-            attn,
-            LinearLayerNorm.from_module(m.norm2),
-            DeployMlp.from_module(m.mlp),
-        )
+    def __init__(self, m: train.Block, layout: Layout) -> None:
+        super().__init__()
+        self.norm1 = layout.norm(m.norm1)
+        if isinstance(m.attn, train.CSA):
+            self.attn = csa_from(m.attn, layout)
+        else:
+            self.attn = DeployRASA.from_module(m.attn, layout)
+        self.norm2 = layout.norm(m.norm2)
+        self.mlp = DeployMlp.from_module(m.mlp, layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -210,92 +221,90 @@ class DeployBlock(nn.Module):
 
 
 class DeployPatchEmbed(nn.Module):
-    def __init__(self, proj: nn.Conv2d, norm: LinearLayerNorm, nchw_input: bool) -> None:
-        super().__init__()
-        self.proj, self.norm, self.nchw_input = proj, norm, nchw_input
+    """Strided conv, then the norm, on the layout's map (the first stage takes the NCHW image)."""
 
-    @classmethod
-    @torch.no_grad()
-    def from_module(cls, m: train.PatchEmbed) -> DeployPatchEmbed:
-        return cls(conv_copy(m.proj), LinearLayerNorm.from_module(m.norm), m.nchw_input)
+    def __init__(self, m: train.PatchEmbed, layout: Layout) -> None:
+        super().__init__()
+        self.proj = conv_copy(m.proj)
+        self.norm = layout.norm(m.norm)
+        self.layout, self.nchw_input = layout, m.nchw_input
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.nchw_input:
-            x = x.permute(0, 3, 1, 2)
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+            x = self.layout.to_map(x)
+        return self.norm(self.layout.from_map(self.proj(x)))
 
 
 class DeployClassBlock(nn.Module):
-    """Class-attention post layer: one query (the CLS token), keys/values from all tokens, 3-D bmm."""
+    """Class-attention post layer: one query (the CLS token, first), keys and values from all tokens."""
 
-    def __init__(self, m: train.ClassBlock) -> None:
+    def __init__(self, m: train.ClassBlock, layout: Layout) -> None:
         super().__init__()
+        self.layout = layout
         self.num_heads = m.attn.num_heads
-        self.norm1 = LinearLayerNorm.from_module(m.norm1)
-        self.norm2 = LinearLayerNorm.from_module(m.norm2)
+        self.norm1 = layout.norm(m.norm1)
+        self.norm2 = layout.norm(m.norm2)
         for name, (weight, bias) in class_block_weights(m).items():  # q, k, v, proj, fc1, fc2
-            setattr(self, name, linear_from(weight, bias))
+            setattr(self, name, layout.linear(weight, bias))
 
     @classmethod
     @torch.no_grad()
-    def from_module(cls, m: train.ClassBlock) -> DeployClassBlock:
-        return cls(m)
+    def from_module(cls, m: train.ClassBlock, layout: Layout) -> DeployClassBlock:
+        return cls(m, layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, C = x.shape
-        heads, d = self.num_heads, C // self.num_heads
-        cls_tok = x[:, :1]
+        L, heads = self.layout, self.num_heads
+        cls_tok = L.tokens(x, 0, 1)
         y = self.norm1(x)
-        q = self.q(y[:, :1]).reshape(B * heads, 1, d)
-        k_t = self.k(y).reshape(B, N, heads, d).permute(0, 2, 3, 1).reshape(B * heads, d, N)
-        v = self.v(y).reshape(B, N, heads, d).permute(0, 2, 1, 3).reshape(B * heads, N, d)
-        attn = torch.bmm(q, k_t).softmax(dim=-1)
-        cls_tok = cls_tok + self.proj(torch.bmm(attn, v).reshape(B, 1, C))
+        q = L.one_token_heads(self.q(L.tokens(y, 0, 1)), heads)
+        attended = L.attend(q, L.split_keys(self.k(y), heads), L.split_heads(self.v(y), heads))
+        cls_tok = cls_tok + self.proj(attended.reshape(cls_tok.shape))
         cls_tok = cls_tok + self.fc2(F.gelu(self.fc1(self.norm2(cls_tok))))
-        return torch.cat([cls_tok, x[:, 1:]], dim=1)
+        return L.cat_tokens([cls_tok, L.tokens(x, 1)])
 
 
 class DeployLVT(nn.Module):
     """Whole LVT classifier in deploy form (``lvt`` or ``lvt_cls``), NCHW image in, logits out."""
 
-    def __init__(self, model: train.LVT) -> None:
+    def __init__(self, model: train.LVT, layout: Layout) -> None:
         super().__init__()
         if model.features_only:
             raise ValueError("lowering supports the classifier; build the model without features_only")
         cfg = model.cfg
+        self.layout = layout
         self.aux_weight = cfg.aux_weight
         self.stages = nn.ModuleList(
-            nn.Sequential(DeployPatchEmbed.from_module(stage[0]), *(DeployBlock.from_module(b) for b in stage[1]))
+            nn.Sequential(DeployPatchEmbed(stage[0], layout), *(DeployBlock(b, layout) for b in stage[1]))
             for stage in model.backbone
         )
-        self.norm = LinearLayerNorm.from_module(model.norm)
+        self.norm = layout.norm(model.norm)
         self.head = linear_from(model.head.weight, model.head.bias) if cfg.num_classes > 0 else nn.Identity()
         self.class_attention = cfg.class_attention_layers > 0
         if self.class_attention:
-            self.cls_token = nn.Parameter(model.cls_token.detach().clone())
-            self.post_network = nn.ModuleList(DeployClassBlock.from_module(b) for b in model.post_network)
-            self.aux_head = linear_from(model.aux_head.weight, model.aux_head.bias)
+            self.cls_token = layout.token_param(model.cls_token)
+            self.post_network = nn.ModuleList(DeployClassBlock(b, layout) for b in model.post_network)
+            self.aux_head = layout.linear(model.aux_head.weight, model.aux_head.bias)
 
     @classmethod
     @torch.no_grad()
-    def from_module(cls, model: train.LVT) -> DeployLVT:
-        return cls(model).eval()
+    def from_module(cls, model: train.LVT, layout: Layout) -> DeployLVT:
+        return cls(model, layout).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L = self.layout
         for stage in self.stages:
             x = stage(x)
         if not self.class_attention:
-            return self.head(spatial_mean_nhwc(self.norm(x)))
-        B, _, _, C = x.shape
+            return self.head(L.spatial_mean(self.norm(x)))
+        B = x.shape[0]
         # expand has no XNNPACK node; at batch 1 (every export) the token is used as it is
-        cls_tok = self.cls_token if B == 1 else self.cls_token.expand(B, -1, -1)
-        x = torch.cat([cls_tok, x.reshape(B, -1, C)], dim=1)
+        cls_tok = self.cls_token if B == 1 else self.cls_token.expand(B, *self.cls_token.shape[1:])
+        x = L.cat_tokens([cls_tok, L.flatten_tokens(x)])
         for block in self.post_network:
             x = block(x)
         x = self.norm(x)
-        cls_logits = self.head(x[:, :1].reshape(B, C))  # slice, not select: select is not delegated
-        # max over tokens as a rank-4 max.dim with keepdim, the form XNNPACK takes
-        aux = self.aux_head(x[:, 1:])
-        aux = aux.reshape(B, 1, aux.shape[1], aux.shape[2])  # B, 1, N, classes
-        aux_max = torch.max(aux, dim=2, keepdim=True)[0].reshape(B, -1)
-        return cls_logits + self.aux_weight * aux_max
+        cls_logits = self.head(L.tokens(x, 0, 1).reshape(B, -1))
+        return cls_logits + self.aux_weight * L.max_over_tokens(self.aux_head(L.tokens(x, 1)))
+
+
+register_lowering(train.LVT, DeployLVT.from_module)

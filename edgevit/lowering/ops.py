@@ -22,6 +22,7 @@ __all__ = [
     "fold_k3s2p1_nchw",
     "spatial_mean_nhwc",
     "ChannelLayerNorm",
+    "HeadChannelLayerNorm",
     "attend_channels_first",
     "max_pool_edge_padded",
 ]
@@ -115,6 +116,19 @@ class ChannelLayerNorm(nn.Module):
         centered = x - x.mean(dim=1, keepdim=True)
         var = (centered * centered).mean(dim=1, keepdim=True)
         return centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class HeadChannelLayerNorm(nn.Module):
+    """:class:`ChannelLayerNorm` of each head's channels on their own: heads side by side on dim 1 share
+    one ``d``-wide norm (the per-head norm of MViTv2's pooling)."""
+
+    def __init__(self, heads: int, norm: ChannelLayerNorm) -> None:
+        super().__init__()
+        self.heads, self.norm = heads, norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, *rest = x.shape
+        return self.norm(x.reshape(B * self.heads, C // self.heads, *rest)).reshape(B, C, *rest)
 
 
 def attend_channels_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,52 @@
+"""Deploy-form pieces every family shares, written once over a :class:`~edgevit.lowering.layout.Layout`."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layout import Layout
+from .weights import conv_copy
+
+__all__ = ["DeployMlp", "multi_head_attention"]
+
+
+class DeployMlp(nn.Module):
+    """fc1, GELU, fc2 on tokens; or (LVT stages 2-4) 1x1 conv, depthwise 3x3, GELU, 1x1 conv on the conv map.
+
+    The conv form changes layout on the narrow side (C channels) instead of around the depthwise conv
+    (4-8x C channels): XNNPACK runs convs NHWC and copies at every NCHW boundary.
+    """
+
+    def __init__(self, fc1: nn.Module, fc2: nn.Module, depconv: nn.Conv2d | None, layout: Layout) -> None:
+        super().__init__()
+        self.fc1 = fc1
+        self.depconv = depconv
+        self.fc2 = fc2
+        self.layout = layout
+
+    @classmethod
+    @torch.no_grad()
+    def from_module(cls, m: nn.Module, layout: Layout) -> DeployMlp:
+        """From a training MLP with ``fc1`` and ``fc2`` (Linear, or 1x1 convs around a ``depconv``)."""
+        if getattr(m, "depthwise", False):
+            return cls(conv_copy(m.fc1), conv_copy(m.fc2), conv_copy(m.depconv), layout)
+        return cls(layout.linear(m.fc1.weight, m.fc1.bias), layout.linear(m.fc2.weight, m.fc2.bias), None, layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.depconv is None:
+            return self.fc2(F.gelu(self.fc1(x)))
+        x = self.depconv(self.fc1(self.layout.to_map(x)))
+        return self.layout.from_map(self.fc2(F.gelu(x)))
+
+
+def multi_head_attention(
+    layout: Layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, residual: bool = False
+) -> torch.Tensor:
+    """softmax(q k^T) v [+ q] per head, laid out as ``q``; the softmax scale is already in ``k``."""
+    qh = layout.split_heads(q, heads)
+    out = layout.attend(qh, layout.split_keys(k, heads), layout.split_heads(v, heads))
+    if residual:
+        out = out + qh
+    return layout.merge_heads(out, q.shape)
