@@ -5,9 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT ?= artifacts
 
-.PHONY: install demo test bench accuracy lint clean android-runner
+.PHONY: install demo test test-census bench accuracy lint clean android-runner
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -23,9 +23,18 @@ demo: $(STAMP)
 		$(OUT)/lvt-onnx-fp32.onnx $(OUT)/lvt-coreml-fp16.mlpackage --rounds 3 \
 		--json $(OUT)/bench.json --plot $(OUT)/bench.png
 
-# two workers: most of the suite's time is single-threaded graph lowering, so both cores stay busy
+# two workers: most of the suite's time is single-threaded graph lowering, so both cores stay busy; the
+# slowest tests are listed at the end
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=15
+
+# the suite as `make test`, counting the tests that run a real runtime (tests/runtime_census/README.md)
+CENSUS ?= $(OUT)/runtime-census.log
+test-census: $(STAMP)
+	mkdir -p $(dir $(CENSUS)) && rm -f $(CENSUS)
+	PYTHONPATH=$(CURDIR)/tests/runtime_census EDGEVIT_RUNTIME_CENSUS=$(abspath $(CENSUS)) \
+		$(BIN)/python -m pytest -q -n 2 --dist worksteal; status=$$?; \
+		$(BIN)/python tests/runtime_census/report.py $(CENSUS); exit $$status
 
 # every table into docs/results.md; bench_model.py keeps the README's summary in step (about 70 minutes)
 bench: $(STAMP)

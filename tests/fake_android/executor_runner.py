@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,18 @@ def log(line: int, message: str) -> None:
         f"{message}",
         flush=True,
     )
+
+
+def hang_until_the_log_reader_is_gone(limit_seconds: float = 600.0) -> None:
+    """Hang as a stuck runner does, but end once nobody reads the log: on a phone the shell's hang-up kills the
+    runner when adb's connection closes; here the bench's timeout closes the pipe and this process would
+    otherwise outlive the test by minutes."""
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), select.POLLERR | select.POLLHUP)
+    deadline = time.monotonic() + limit_seconds
+    while time.monotonic() < deadline:
+        if poller.poll(500):  # POLLERR on a pipe's write end: its read end is closed
+            sys.exit(129)
 
 
 def main() -> None:
@@ -54,7 +67,7 @@ def main() -> None:
         if crash and i == crash:
             os.abort()
         if hang and i == hang:
-            time.sleep(600)
+            hang_until_the_log_reader_is_gone()
     log(355, f"Model executed successfully {args.num_executions} time(s) in {total:.6f} ms.")
     log(358, "1 outputs: ")
     print("Output 0: tensor(sizes=[1, 10], [...])")
