@@ -52,7 +52,7 @@ def artifact_info(path: Path) -> dict[str, Any]:
 
 
 def new_record(path: Path, device: str, runtime: str, threads: int | None, settings: dict[str, Any]) -> dict[str, Any]:
-    from ..export import tool_versions
+    from ..versions import tool_versions
 
     return {
         "schema": SCHEMA,

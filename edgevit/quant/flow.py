@@ -1,20 +1,16 @@
-"""The quantization step of the export flow: calibrate, quantize, and measure the int8 artifact against the
-fp32 artifact of the same deploy form (size and host latency, each in fresh processes)."""
+"""The quantization step of the export flow: calibrate, then quantize through the target's own quantizer."""
 
 from __future__ import annotations
 
 import copy
-import statistics
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..fileio import path_size
 from ..models.registry import InputSpec
 from ..recipe import Recipe
 from ..targets.base import ExportedArtifact
@@ -109,37 +105,3 @@ def quantize_for_export(
         return with_blocks_float(unfolded if fold else quantized, more_float)
 
     return QuantizedDeploy(quantized, entry, requantize=requantize, float_view=float_view)
-
-
-def compare_with_fp32(
-    module, deploy: nn.Module, example: torch.Tensor, recipe: Recipe, quantized_path: Path, step
-) -> dict[str, Any]:
-    """Size and host latency of the int8 artifact against the fp32 one (2 alternating processes each)."""
-    from ..bench.host import Settings, run_worker
-    from ..runtime import host_cannot_run
-
-    step("export fp32 for comparison")
-    float_recipe = replace(recipe, options={k: v for k, v in recipe.options.items() if k != "quantization"})
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32_path = Path(tmp) / f"fp32{quantized_path.suffix}"
-        module.export(deploy, example, float_recipe).write(fp32_path)
-        result: dict[str, Any] = {"size_ratio": round(path_size(quantized_path) / path_size(fp32_path), 3)}
-        if host_cannot_run(quantized_path):
-            result["latency_ratio"] = None
-            return result
-        settings = Settings(threads=2, warmup=5, runs=20, min_seconds=0.0)
-        medians: dict[str, list[float]] = {"int8": [], "fp32": []}
-        for r in range(2):
-            step(f"time int8 vs fp32 ({r + 1}/2)")
-            for name, path in (("int8", quantized_path), ("fp32", fp32_path)):
-                timed = run_worker(path, settings, timeout=300)
-                if "error" in timed:
-                    return {**result, "latency_ratio": None, "latency_error": timed["error"]}
-                medians[name].append(statistics.median(timed["samples_ms"]))
-    int8_ms, fp32_ms = min(medians["int8"]), min(medians["fp32"])
-    return {
-        **result,
-        "int8_ms": round(int8_ms, 3),
-        "fp32_ms": round(fp32_ms, 3),
-        "latency_ratio": round(int8_ms / fp32_ms, 3),
-    }

@@ -15,8 +15,10 @@ import torch
 from torch import fx, nn
 
 from ..errors import EdgevitError, Interrupted, Stopped
+from ..export.steps import Job, ModelSource
 from ..fileio import atomic_write_json, path_sha256
 from ..models.registry import Size, size_text
+from ..quant.flow import QuantizedDeploy
 from ..quant.policy import untie_weights
 from ..quant.pt2e import _keep_float_quantizer, backend_quantizer
 from ..targets.registry import get_target, list_targets
@@ -208,7 +210,7 @@ def qat_export(
     on_step: Callable[[str], None] = lambda _: None,
 ):
     """QAT of ``model_name`` on an image folder for ``target``'s int8 recipe, then the gated export."""
-    from ..export import Prebuilt, export_model, output_paths, resolve_recipe
+    from ..export import ExportRequest, export, output_paths, resolve_recipe
     from ..fileio import refuse_overwrite
     from ..lowering import lower
     from ..models import check_input_size, create_model, get_entry
@@ -272,7 +274,7 @@ def qat_export(
             "init": str(init) if init else None,
         },
     }
-    result = export_model(
+    request = ExportRequest(
         model_name,
         target,
         chosen.name,
@@ -281,10 +283,10 @@ def qat_export(
         output_dir=output_dir,
         force=force,
         seed=seed,
-        labels=train.classes,
-        on_step=on_step,
-        prebuilt=Prebuilt(trained, QAT_REFERENCE, float_deploy, converted, model.cfg, quant_entry),
+        labels=tuple(train.classes),
     )
+    source = TrainedSource(trained, float_deploy, QuantizedDeploy(converted, quant_entry), model.cfg)
+    result = export(request, on_step, source)
     if held_out is not None:
         on_step("held-out accuracy of the artifact")
         result.manifest["quantization"]["qat"]["val_accuracy_artifact"] = artifact_accuracy(result.artifact, held_out)
@@ -300,3 +302,28 @@ def artifact_accuracy(path: Path, data: LabelledImages) -> float | None:
         return None
     predictions = open_runner(path).run_batch(data.images.numpy()).argmax(-1)
     return round(float((torch.from_numpy(predictions) == data.labels).float().mean()), 4)
+
+
+class TrainedSource(ModelSource):
+    """What QAT hands the export: the fake-quantized graph it trained (the reference the artifact must
+    reproduce), the fp32 deploy form of the same weights, and the converted int8 graph."""
+
+    reference_name = QAT_REFERENCE
+
+    def __init__(self, trained: nn.Module, float_deploy: nn.Module, quantized: QuantizedDeploy, config: Any) -> None:
+        self.trained, self.float_deploy, self.quantized, self.cfg = trained, float_deploy, quantized, config
+
+    def check(self, job: Job) -> None:
+        pass  # nothing to calibrate: the ranges were learned in training
+
+    def build(self, job: Job) -> nn.Module:
+        return self.trained
+
+    def config(self, job: Job) -> Any:
+        return self.cfg
+
+    def lower(self, job: Job) -> nn.Module:
+        return self.float_deploy
+
+    def quantize(self, job: Job) -> QuantizedDeploy:
+        return self.quantized
