@@ -38,18 +38,16 @@ test-census: $(STAMP)
 
 # every table into docs/results.md; bench_model.py keeps the README's summary in step (about 70 minutes)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_model.py --model lvt --rounds 5 --runs 30 --write-results
-	$(BIN)/python benchmarks/bench_model.py --model mmvit_xs --rounds 5 --runs 30 --write-results
-	$(BIN)/python benchmarks/bench_model.py --model mmvit_s --rounds 5 --runs 30 --write-results
+	$(BIN)/python benchmarks/bench_model.py --all --rounds 5 --runs 30 --write-results
 	$(BIN)/python benchmarks/bench_fold.py --rounds 3 --write-results
 	$(BIN)/python benchmarks/bench_int8.py --rounds 3 --runs 30 --write-results
 	$(BIN)/python benchmarks/bench_int8_gemm.py --rounds 3 --runs 50 --write-results
 
-# LVT and mmvit_xs trained on the offline digits set: fp32, PTQ and QAT accuracy per target; then every int8
-# recipe's gate on those weights and on mmvit_s trained alike (about 2.5 hours)
+# every benchmarked model (registered with benchmark=True) trained on the offline digits set: fp32, PTQ and QAT
+# accuracy per target; then every int8 recipe's gate on those weights (about 3 hours)
 accuracy: $(STAMP)
-	$(BIN)/python benchmarks/accuracy.py --models lvt mmvit_xs --write-results
-	$(BIN)/python benchmarks/int8_gates.py --models lvt mmvit_xs mmvit_s --write-results
+	$(BIN)/python benchmarks/accuracy.py --write-results
+	$(BIN)/python benchmarks/int8_gates.py --write-results
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgevit tests benchmarks

@@ -149,8 +149,14 @@ def table(models: dict) -> str:
 
 
 def main() -> None:
+    from edgevit.models.registry import benchmarked_models
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["lvt"], help="models to train and measure")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        help=f"models to train and measure; default: the benchmarked ones ({', '.join(benchmarked_models())})",
+    )
     parser.add_argument("--epochs", type=int, default=15, help="fp32 training epochs")
     parser.add_argument("--qat-epochs", type=int, default=2, help="QAT epochs, from the fp32 weights")
     parser.add_argument("--targets", nargs="+", choices=list(TARGETS), default=list(TARGETS), help="targets to score")
@@ -159,7 +165,7 @@ def main() -> None:
 
     data = digits_folder()
     saved = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
-    for name in args.models:
+    for name in args.models or benchmarked_models():
         result = measure(name, data, args.epochs, args.qat_epochs, args.targets)
         previous = saved.get(name, {})
         if all(previous.get(k) == result[k] for k in ("epochs", "qat_epochs", "size")):

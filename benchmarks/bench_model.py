@@ -229,10 +229,10 @@ def measure(model: str, rounds: int, runs: int, warmup: int, threads: int) -> di
     return timing
 
 
-def render(timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> str:
+def render(model: str, timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> str:
     base = timing["onnx"]["median_ms"]
     lines = [
-        f"`{args.model}` ({gmacs:.2f} GMACs) at {SIZE}x{SIZE}, batch 1, {args.threads} threads, {platform.machine()}; "
+        f"`{model}` ({gmacs:.2f} GMACs) at {SIZE}x{SIZE}, batch 1, {args.threads} threads, {platform.machine()}; "
         f"median of {args.rounds} alternating processes x {args.runs} runs after {args.warmup} warm-up runs "
         f"(measured {time.strftime('%Y-%m-%d')}).",
         "",
@@ -281,6 +281,7 @@ def naive_sentence(n: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lvt", help="registered model name (see `edgevit models`)")
+    ap.add_argument("--all", action="store_true", help="every benchmarked model of the registry, one after another")
     ap.add_argument("--worker", choices=list(PATHS), help=argparse.SUPPRESS)
     ap.add_argument("--path", default="", help=argparse.SUPPRESS)
     ap.add_argument("--sgemm", action="store_true", help=argparse.SUPPRESS)
@@ -297,15 +298,23 @@ def main() -> None:
         print(json.dumps({"gflops": sgemm_gflops(args.threads)}))
         return
 
-    from edgevit.export import model_stats
+    from edgevit.models.registry import benchmarked_models
 
-    gmacs = model_stats(args.model)["gmacs"]
-    info = build_artifacts(args.model)
-    timing = measure(args.model, args.rounds, args.runs, args.warmup, args.threads)
+    for model in benchmarked_models() if args.all else [args.model]:
+        bench_one(model, args)
+
+
+def bench_one(model: str, args: argparse.Namespace) -> None:
+    """Export, time and tabulate one model; with --write-results, its section and the summary."""
+    from edgevit.models.stats import model_stats
+
+    gmacs = model_stats(model)["gmacs"]
+    info = build_artifacts(model)
+    timing = measure(model, args.rounds, args.runs, args.warmup, args.threads)
     info["sgemm_gflops"] = timing.pop("sgemm_gflops")
-    table = render(timing, info, gmacs, args)
+    table = render(model, timing, info, gmacs, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.model}.json").write_text(
+    (RESULTS / f"{model}.json").write_text(
         json.dumps(
             {
                 "gmacs": gmacs,
@@ -321,7 +330,7 @@ def main() -> None:
     )
     print(table)
     if args.write_results:
-        write_section(args.model, table)
+        write_section(model, table, heading=f"`{model}` latency")
         write_summary()  # its latency columns
 
 

@@ -106,8 +106,14 @@ def table(models: dict) -> str:
 
 
 def main() -> None:
+    from edgevit.models.registry import benchmarked_models
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["mmvit_xs", "mmvit_s"], help="models to gate")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        help=f"models to gate; default: the benchmarked ones ({', '.join(benchmarked_models())})",
+    )
     parser.add_argument("--recipes", nargs="+", choices=[r for _, r in RECIPES], help="only these int8 recipes")
     parser.add_argument("--epochs", type=int, default=15, help="fp32 training epochs when weights are missing")
     add_write_flag(parser)
@@ -115,7 +121,7 @@ def main() -> None:
 
     data = digits_folder()
     saved = json.loads(RESULTS.read_text()).get("models", {}) if RESULTS.exists() else {}
-    for name in args.models:
+    for name in args.models or benchmarked_models():
         checkpoint = trained_weights(name, data, args.epochs)
         rows = saved.get(name, {})
         for target, recipe in RECIPES:

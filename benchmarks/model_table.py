@@ -14,7 +14,6 @@ from pathlib import Path
 from results_doc import add_write_flag, write_section
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODELS = ("lvt", "mmvit_xs", "mmvit_s")
 LATENCY = (("onnx", "(b) ORT, training form"), ("pte", ".pte"), ("tflite", ".tflite"), ("onnx_lowered", ".onnx"))
 
 
@@ -33,13 +32,14 @@ def _top1(accuracy: dict, stage: str) -> str:
 
 
 def table() -> str:
-    from edgevit.export import model_stats
+    from edgevit.models.registry import benchmarked_models
+    from edgevit.models.stats import model_stats
 
     accuracy = _load("accuracy").get("models", {})
     head = ["model", "params", "GMACs"] + [f"{label} ms" for _, label in LATENCY]
     head += [".pte vs (b)", "digits top-1 fp32", "int8 PTQ", "int8 QAT"]
     rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    for name in MODELS:
+    for name in benchmarked_models():
         stats, bench, acc = model_stats(name), _load(name), accuracy.get(name, {})
         timing = bench.get("timing", {})
         ratio = (

@@ -21,8 +21,9 @@ def add_write_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def write_section(name: str, body: str) -> list[Path]:
-    """Replace the block ``name`` in every page that has it; fails when none has it."""
+def write_section(name: str, body: str, heading: str | None = None) -> list[Path]:
+    """Replace the block ``name`` in every page that has it. A block no page has yet fails, or with a
+    ``heading`` starts a new section at the end of docs/results.md (a newly registered model's first table)."""
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     written = []
     for page in PAGES:
@@ -33,6 +34,10 @@ def write_section(name: str, body: str) -> list[Path]:
         _, tail = rest.split(end, 1)
         page.write_text(f"{head}{start}\n{body}\n{end}{tail}")
         written.append(page)
+    if not written and heading:
+        results = PAGES[0]
+        results.write_text(results.read_text().rstrip("\n") + f"\n\n## {heading}\n\n{start}\n{body}\n{end}\n")
+        written.append(results)
     if not written:
         raise SystemExit(f"no page among {', '.join(p.name for p in PAGES)} has {start} ... {end} markers")
     return written

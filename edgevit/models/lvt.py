@@ -456,11 +456,29 @@ def _build(name: str, num_classes: int | None = None, features_only: bool = Fals
     return LVT(cfg, features_only=features_only, **kwargs)
 
 
-for _name, _description, _test in (
-    ("lvt", "LVT, LayerNorm + global average pool + linear head", False),
-    ("lvt_cls", "LVT with class-attention post layers and token-labelling aux head (74.8% IN-1k)", False),
-    ("lvt_test", "tiny LVT (one block per stage, 10 classes) for tests and plumbing checks", True),
-):
-    register_model(
-        ModelEntry(_name, partial(_build, _name), description=_description, filter_fn=checkpoint_filter_fn, test=_test)
+register_model(
+    ModelEntry(
+        "lvt",
+        partial(_build, "lvt"),
+        description="LVT, LayerNorm + global average pool + linear head",
+        filter_fn=checkpoint_filter_fn,
+        benchmark=True,
     )
+)
+register_model(
+    ModelEntry(
+        "lvt_cls",
+        partial(_build, "lvt_cls"),
+        description="LVT with class-attention post layers and token-labelling aux head (74.8% IN-1k)",
+        filter_fn=checkpoint_filter_fn,
+    )
+)
+register_model(
+    ModelEntry(
+        "lvt_test",
+        partial(_build, "lvt_test"),
+        description="tiny LVT (one block per stage, 10 classes) for tests and plumbing checks",
+        filter_fn=checkpoint_filter_fn,
+        test=True,
+    )
+)

@@ -446,25 +446,26 @@ AUDIO_SPEC = InputSpec(
     size=(128, 512), channels=1, mean=(0.5,), std=(0.25,), crop_pct=1.0, channel_order="mono", kind="spectrogram"
 )
 
-for _name, _description, _spec, _test in (
-    ("mmvit_xs", "MMViT, two overlapping conv views, cross-view attention per stage, dims 16-128", None, False),
-    ("mmvit_s", "MMViT, two overlapping conv views, cross-view attention per stage, dims 26-208", None, False),
-    ("mmvit_xs_audio", "mmvit_xs on 1-channel 128x512 log-mel spectrograms (527 AudioSet classes)", AUDIO_SPEC, False),
-    (
-        "mmvit_test",
-        "tiny MMViT (two stages, 10 classes, 64x64) for tests and plumbing checks",
-        InputSpec(size=64),
-        True,
-    ),
-):
-    register_model(
-        ModelEntry(
-            _name,
-            partial(_build, _name),
-            input_spec=_spec or InputSpec(),
-            description=_description,
-            filter_fn=mmvit_filter_fn,
-            sized=True,
-            test=_test,
-        )
+
+def _register(name: str, description: str, spec: InputSpec | None = None, **flags: bool) -> None:
+    entry = ModelEntry(
+        name,
+        partial(_build, name),
+        input_spec=spec or InputSpec(),
+        description=description,
+        filter_fn=mmvit_filter_fn,
+        sized=True,
+        **flags,
     )
+    register_model(entry)
+
+
+_register("mmvit_xs", "MMViT, two overlapping conv views, cross-view attention per stage, dims 16-128", benchmark=True)
+_register("mmvit_s", "MMViT, two overlapping conv views, cross-view attention per stage, dims 26-208", benchmark=True)
+_register("mmvit_xs_audio", "mmvit_xs on 1-channel 128x512 log-mel spectrograms (527 AudioSet classes)", AUDIO_SPEC)
+_register(
+    "mmvit_test",
+    "tiny MMViT (four stages, 10 classes, 64x64) for tests and plumbing checks",
+    InputSpec(size=64),
+    test=True,
+)

@@ -73,6 +73,8 @@ class ModelEntry:
     sized: bool = False
     # a tiny random-init variant for tests and plumbing checks: buildable by name, left out of listings
     test: bool = False
+    # measured by `make bench` and `make accuracy` and listed in the results tables
+    benchmark: bool = False
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -100,6 +102,12 @@ def list_models(include_test: bool = False) -> list[str]:
     """Names of every registered model, sorted; the tiny test variants only with ``include_test``."""
     _discover()
     return sorted(name for name, entry in _REGISTRY.items() if include_test or not entry.test)
+
+
+def benchmarked_models() -> list[str]:
+    """The models `make bench` and `make accuracy` measure, in registration order (a family's own order)."""
+    _discover()
+    return [name for name, entry in _REGISTRY.items() if entry.benchmark]
 
 
 def get_entry(name: str) -> ModelEntry:
