@@ -7,33 +7,22 @@ target delegates. Each family's deploy module registers its builder at its foot 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 
 from torch import nn
 
+from ..discovery import module_importer
 from ..errors import EdgevitError
 from .layout import LAYOUTS, Layout, get_layout
 
 Builder = Callable[[nn.Module, Layout], nn.Module]
 _LOWERINGS: dict[type, Builder] = {}
-_discovered = False
+_discover = module_importer(__name__)  # each family's deploy module registers its builder
 
 
 def register_lowering(model_class: type, build: Builder) -> None:
     """Make ``lower`` build ``build(model, layout)`` for models of ``model_class`` (called by deploy modules)."""
     _LOWERINGS[model_class] = build
-
-
-def _discover() -> None:
-    """Import every module of this package once, so each family's deploy module registers itself."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    for info in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{info.name}")
 
 
 def layout_for(target: str) -> Layout:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
+from ..discovery import module_importer
 from ..errors import EdgevitError
 from .checkpoint import load_checkpoint, read_state_dict
 
@@ -78,24 +77,13 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_discovered = False
+_discover = module_importer(__package__)  # each family's module registers its variants
 
 
 def register_model(entry: ModelEntry) -> ModelEntry:
     """Add a model variant (called at the foot of its family's module)."""
     _REGISTRY[entry.name] = entry
     return entry
-
-
-def _discover() -> None:
-    """Import every module of the models package once, so each family registers its variants."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    package = importlib.import_module(__package__)
-    for info in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{__package__}.{info.name}")
 
 
 def list_models(include_test: bool = False) -> list[str]:

@@ -9,10 +9,10 @@ CLI all read what they need from here.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..discovery import module_importer
 from ..errors import EdgevitError
 
 if TYPE_CHECKING:
@@ -81,26 +81,14 @@ class Target:
 
 
 _TARGETS: dict[str, Target] = {}
-_discovered = False
+# each target's module registers it; helper modules with heavy imports (the XNNPACK passes) are private
+_discover = module_importer(__package__)
 
 
 def register_target(target: Target) -> Target:
     """Add a target (called at the foot of its module)."""
     _TARGETS[target.name] = target
     return target
-
-
-def _discover() -> None:
-    """Import every public module of this package once, so each target registers itself (helper modules with
-    heavy imports, such as the XNNPACK passes, are private: ``_name.py``)."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    package = importlib.import_module(__package__)
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{__package__}.{info.name}")
 
 
 def list_targets() -> list[Target]:
