@@ -10,18 +10,15 @@ import torch
 
 from edgevit.export import model_stats
 from edgevit.lowering import lower
+from edgevit.lowering.layout import LAYOUTS
 from edgevit.lowering.mmvit import DeployCrossBlock, DeployMMViT, DeployPool, DeploySelfBlock
-from edgevit.lowering.mmvit_channels_first import (
-    ChannelsFirstCrossBlock,
-    ChannelsFirstMMViT,
-    ChannelsFirstPool,
-    ChannelsFirstSelfBlock,
-)
 from edgevit.models import create_model
 from edgevit.models.mmvit import MMVIT_CONFIGS, CrossBlock, MMViT, MMViTConfig, Pool, SelfBlock
 from edgevit.targets.audit import max_tensor_rank, op_counts
 
 TOL = dict(atol=1e-5, rtol=0)
+TOKENS, COLUMNS = LAYOUTS["tokens-last"], LAYOUTS["channels-first"]
+EACH_LAYOUT = pytest.mark.parametrize("layout", list(LAYOUTS.values()), ids=list(LAYOUTS))
 TINY = MMViTConfig(
     dims=(8, 16, 16, 32), heads=(1, 2, 2, 4), self_blocks=(1, 0, 2, 1), num_classes=10, img_size=(64, 64)
 )
@@ -94,7 +91,7 @@ def test_checkpoint_loads_at_another_input_size(tmp_path):
 
 
 @pytest.mark.parametrize("stride,has_cls", [(2, True), (4, False), (2, False)])
-@pytest.mark.parametrize("layout", ["tokens", "columns"])
+@EACH_LAYOUT
 def test_pool_on_all_heads_equals_per_head_pool(stride, has_cls, layout):
     torch.manual_seed(0)
     heads, d, grid = 3, 8, (8, 6)
@@ -104,11 +101,7 @@ def test_pool_on_all_heads_equals_per_head_pool(stride, has_cls, layout):
     with torch.no_grad():
         expected, _ = pool(x, grid, has_cls)
         tokens = x.permute(0, 2, 1, 3).reshape(2, -1, heads * d)
-        if layout == "tokens":
-            got = DeployPool(pool, heads, grid, has_cls)(tokens)
-        else:
-            columns = tokens.transpose(1, 2).unsqueeze(2)
-            got = ChannelsFirstPool(pool, heads, grid, has_cls)(columns).squeeze(2).transpose(1, 2)
+        got = _run(DeployPool(pool, heads, grid, has_cls, layout), layout, tokens)
     torch.testing.assert_close(got, expected.permute(0, 2, 1, 3).reshape(2, -1, heads * d), **TOL)
 
 
@@ -120,61 +113,66 @@ def _tokens(x):
     return x.squeeze(2).transpose(1, 2)
 
 
+def _run(module, layout, tokens):
+    """``module`` on (B, N, C) tokens laid out as ``layout`` lays them out, the result back as tokens."""
+    return _tokens(module(_columns(tokens))) if layout.channels_first else module(tokens)
+
+
 @pytest.mark.parametrize(
     "q_stride,kv_stride,dim_out,has_cls", [(1, 1, 16, True), (1, 2, 16, True), (2, 1, 32, True), (2, 4, 32, False)]
 )
-def test_deploy_self_block_equals_self_block(q_stride, kv_stride, dim_out, has_cls):
+@EACH_LAYOUT
+def test_deploy_self_block_equals_self_block(q_stride, kv_stride, dim_out, has_cls, layout):
     torch.manual_seed(0)
     block = SelfBlock(16, dim_out, 2, q_stride, kv_stride, TINY).eval()
     grid = (8, 8)
     x = torch.randn(2, has_cls + 64, 16)
     with torch.no_grad():
         expected, _ = block(x, grid, has_cls)
-        torch.testing.assert_close(DeploySelfBlock(block, grid, has_cls)(x), expected, **TOL)
-        cf = ChannelsFirstSelfBlock(block, grid, has_cls)
-        torch.testing.assert_close(_tokens(cf(_columns(x))), expected, **TOL)
+        torch.testing.assert_close(_run(DeploySelfBlock(block, grid, has_cls, layout), layout, x), expected, **TOL)
 
 
 @pytest.mark.parametrize("q_stride,kv_stride,parts", [(1, 1, [("q", "k", "v")]), (1, 2, [("q",), ("k", "v")])])
 def test_projections_that_pool_alike_run_as_one(q_stride, kv_stride, parts):
     block = SelfBlock(16, 16, 2, q_stride, kv_stride, TINY).eval()
     with torch.no_grad():
-        deploy = DeploySelfBlock(block, (8, 8), True)
+        deploy = DeploySelfBlock(block, (8, 8), True, TOKENS)
+        separate = DeploySelfBlock(block, (8, 8), True, COLUMNS)
+    assert separate.qkv.parts == [("q",), ("k",), ("v",)]  # one 1x1 conv each channels first
     assert deploy.qkv.parts == parts
     assert [p.out_features for p in deploy.qkv.projections] == [16 * len(names) for names in parts]
 
 
-def test_cls_only_final_block_keeps_the_cls_output():
+@EACH_LAYOUT
+def test_cls_only_final_block_keeps_the_cls_output(layout):
     torch.manual_seed(0)
     block = SelfBlock(16, 16, 2, 1, 1, TINY).eval()
     x = torch.randn(1, 1 + 16, 16)
     with torch.no_grad():
         expected, _ = block(x, (4, 4), True)
-        got = DeploySelfBlock(block, (4, 4), True, cls_only=True)(x)
-        cf = ChannelsFirstSelfBlock(block, (4, 4), True, cls_only=True)(_columns(x))
+        got = _run(DeploySelfBlock(block, (4, 4), True, layout, cls_only=True), layout, x)
     assert got.shape == (1, 1, 16)
     torch.testing.assert_close(got, expected[:, :1], **TOL)
-    torch.testing.assert_close(_tokens(cf), expected[:, :1], **TOL)
     with pytest.raises(ValueError, match="cls_only"):
-        DeploySelfBlock(SelfBlock(16, 32, 2, 2, 1, TINY), (4, 4), True, cls_only=True)
+        DeploySelfBlock(SelfBlock(16, 32, 2, 2, 1, TINY), (4, 4), True, layout, cls_only=True)
 
 
+@EACH_LAYOUT
 @pytest.mark.parametrize("live", [[0, 1], [0]])
-def test_cross_block_without_query_concat_equals_joint_attention(live):
+def test_cross_block_without_query_concat_equals_joint_attention(live, layout):
     torch.manual_seed(0)
     block = CrossBlock(16, 2, (2, 1), TINY, 0.0).eval()
     grids, has_cls = [(8, 8), (4, 4)], [True, False]
     views = [torch.randn(1, 65, 16), torch.randn(1, 16, 16)]
     with torch.no_grad():
         expected = block(views, grids, has_cls)
-        got = DeployCrossBlock(block, grids, has_cls, live)(views)
-        cf = ChannelsFirstCrossBlock(block, grids, has_cls, live)([_columns(v) for v in views])
+        deploy = DeployCrossBlock(block, grids, has_cls, live, layout)
+        got = deploy([_columns(v) for v in views] if layout.channels_first else views)
     for i in range(2):
         if i in live:
-            torch.testing.assert_close(got[i], expected[i], **TOL)
-            torch.testing.assert_close(_tokens(cf[i]), expected[i], **TOL)
+            torch.testing.assert_close(_tokens(got[i]) if layout.channels_first else got[i], expected[i], **TOL)
         else:
-            assert got[i] is None and cf[i] is None
+            assert got[i] is None
 
 
 @pytest.mark.parametrize("name,size", [("mmvit_xs", 224), ("mmvit_s", 64)])
@@ -190,13 +188,13 @@ def test_lowered_model_matches_on_real_photos(name, size, photos_224, photos_64)
 
 def test_dead_view_computation_is_removed():
     model = create_model("mmvit_xs", input_size=64).eval()
-    deploy = DeployMMViT.from_module(model)
+    deploy = DeployMMViT.from_module(model, TOKENS)
     # each view's path has 13 self blocks (3 scaled, 9 + 1 self); view 2's last two feed nothing
     assert deploy.plan.count(("self", 0)) == 13
     assert deploy.plan.count(("self", 1)) == 11
     assert deploy.steps[-3].live_views == [0]  # the last cross computes view 1's queries only
     assert deploy.steps[-1].cls_only
-    assert isinstance(lower(model, "coreml"), ChannelsFirstMMViT)
+    assert lower(model, "coreml").plan == deploy.plan  # the same plan in every layout
 
 
 @pytest.mark.parametrize("target", ["executorch", "coreml"])

@@ -9,7 +9,13 @@ from torch import nn
 from .layout import Layout
 from .weights import conv_copy
 
-__all__ = ["DeployMlp", "multi_head_attention"]
+__all__ = ["DeployMlp", "multi_head_attention", "require_classifier"]
+
+
+def require_classifier(model: nn.Module) -> None:
+    """Deploy forms are whole classifiers: refuse a backbone built for features."""
+    if model.features_only:
+        raise ValueError("lowering supports the classifier; build the model without features_only")
 
 
 class DeployMlp(nn.Module):
@@ -42,11 +48,25 @@ class DeployMlp(nn.Module):
 
 
 def multi_head_attention(
-    layout: Layout, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, residual: bool = False
+    layout: Layout,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    heads: int,
+    residual: bool = False,
+    keys_like_queries: bool = False,
 ) -> torch.Tensor:
-    """softmax(q k^T) v [+ q] per head, laid out as ``q``; the softmax scale is already in ``k``."""
+    """softmax(q k^T) v [+ q] per head, laid out as ``q``; the softmax scale is already in ``k``.
+
+    ``keys_like_queries``: split the keys' heads as the queries' and transpose them (MMViT's measured graph)
+    rather than by one permute straight to (B*heads, d, M) (LVT's).
+    """
     qh = layout.split_heads(q, heads)
-    out = layout.attend(qh, layout.split_keys(k, heads), layout.split_heads(v, heads))
+    if keys_like_queries:
+        kh = layout.keys_from_heads(layout.split_heads(k, heads))
+    else:
+        kh = layout.split_keys(k, heads)
+    out = layout.attend(qh, kh, layout.split_heads(v, heads))
     if residual:
         out = out + qh
     return layout.merge_heads(out, q.shape)

@@ -7,7 +7,6 @@ each call makes are the ones measured fastest on the layout's runtimes; keep the
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -32,13 +31,19 @@ Grid = tuple[int, int]
 
 
 @dataclass(frozen=True)
-class Layout(ABC):
+class Layout:
     """How a deploy form lays out its tensors and which normalisation ops it may use.
 
     ``channels_first``: (B, C, H, W) / (B, C, 1, N) from image to logits, Linear layers as 1x1 convs (Core ML
     and the Neural Engine, where every transpose is a memory copy); otherwise tokens last, (B, H, W, C) /
     (B, N, C), the layout XNNPACK's fully connected ops read without copies.
     ``native_norm``: LayerNorm as the runtime's own op; otherwise as Linear reductions, which XNNPACK delegates.
+
+    Each layout (:class:`TokensLast`, :class:`ChannelsFirst`; the first documents every operation) builds the
+    layers (``linear``, ``norm``, ``head_norm``), moves tokens (``to_map``/``from_map``, ``flatten_tokens``/
+    ``unflatten_tokens``, ``attention_tokens``, ``channels``, ``token_param``) and gives the attention
+    products (``split_heads``, ``split_keys``, ``keys_from_heads``, ``one_token_heads``, ``attend``,
+    ``merge_heads``) and reductions (``silu``, ``spatial_mean``, ``max_over_tokens``, ``max_pool``).
     """
 
     name: str
@@ -47,79 +52,6 @@ class Layout(ABC):
 
     token_axis: ClassVar[int]
     fuse_projections: ClassVar[bool]  # Q/K/V that pool alike as one layer (fewer nodes for ExecuTorch)
-
-    @abstractmethod
-    def linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
-        """A fresh layer computing ``x @ weight.T + bias`` on this layout's channel axis."""
-
-    @abstractmethod
-    def norm(self, norm: nn.LayerNorm) -> nn.Module:
-        """The LayerNorm ``norm`` over this layout's channel axis."""
-
-    @abstractmethod
-    def head_norm(self, parts: Sequence[tuple[nn.LayerNorm, float]], heads: int) -> nn.Module:
-        """Per-head norms of one or more projections side by side on the channel axis, each ``(norm, scale)``
-        normalising every ``heads`` slice of its part on its own, its affine multiplied by ``scale``."""
-
-    @abstractmethod
-    def silu(self, x: torch.Tensor) -> torch.Tensor:
-        """SiLU in the form the runtime delegates."""
-
-    @abstractmethod
-    def to_map(self, x: torch.Tensor) -> torch.Tensor:
-        """A spatial map in this layout as the (B, C, H, W) map a conv takes."""
-
-    @abstractmethod
-    def from_map(self, x: torch.Tensor) -> torch.Tensor:
-        """A conv's (B, C, H, W) output as a spatial map in this layout."""
-
-    @abstractmethod
-    def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """A spatial map in this layout as a row of tokens."""
-
-    @abstractmethod
-    def attention_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """A spatial map as the keys' and values' projections read it."""
-
-    @abstractmethod
-    def unflatten_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
-        """A row of tokens as a spatial map in this layout."""
-
-    @abstractmethod
-    def token_param(self, tokens: torch.Tensor) -> nn.Parameter:
-        """A fresh parameter of (1, N, C) learned tokens (CLS, position embeddings) in this layout."""
-
-    @abstractmethod
-    def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """Queries or values per head, as :meth:`attend` takes them."""
-
-    @abstractmethod
-    def split_keys(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """Keys per head, (B*heads, d, M), as :meth:`attend` takes them."""
-
-    @abstractmethod
-    def one_token_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
-        """:meth:`split_heads` of a single token, by a reshape alone."""
-
-    @abstractmethod
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(q k) v per head (the softmax scale is already in k), laid out as ``q``."""
-
-    @abstractmethod
-    def merge_heads(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        """:meth:`attend`'s output as tokens or a map of ``shape``, heads side by side on the channel axis."""
-
-    @abstractmethod
-    def spatial_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C): the mean of a spatial map."""
-
-    @abstractmethod
-    def max_over_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C): the maximum over a row of tokens."""
-
-    @abstractmethod
-    def max_pool(self, x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
-        """``F.max_pool2d`` of a (B, C, H, W) map, its padding as the runtime takes it."""
 
     def tokens(self, x: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
         """Tokens ``start:stop`` by a stride-1 slice (``select`` has no XNNPACK node)."""
@@ -141,12 +73,16 @@ class TokensLast(Layout):
     fuse_projections: ClassVar[bool] = True
 
     def linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
+        """A fresh layer computing ``x @ weight.T + bias`` on this layout's channel axis."""
         return linear_from(weight, bias)
 
     def norm(self, norm: nn.LayerNorm) -> nn.Module:
+        """The LayerNorm ``norm`` over this layout's channel axis."""
         return self._native(LinearLayerNorm.from_module(norm))
 
     def head_norm(self, parts: Sequence[tuple[nn.LayerNorm, float]], heads: int) -> nn.Module:
+        """Per-head norms of one or more projections side by side on the channel axis, each ``(norm, scale)``
+        normalising every ``heads`` slice of its part on its own, its affine multiplied by ``scale``."""
         weight = torch.cat([n.weight.repeat(heads) * s for n, s in parts])
         bias = torch.cat([n.bias.repeat(heads) * s for n, s in parts])
         first = parts[0][0]
@@ -156,28 +92,40 @@ class TokensLast(Layout):
         return norm.to_layer_norm() if self.native_norm else norm
 
     def silu(self, x: torch.Tensor) -> torch.Tensor:
+        """SiLU in the form the runtime delegates."""
         return linear_silu(x)
 
     def to_map(self, x: torch.Tensor) -> torch.Tensor:
+        """A spatial map in this layout as the (B, C, H, W) map a conv takes."""
         return x.permute(0, 3, 1, 2)
 
     def from_map(self, x: torch.Tensor) -> torch.Tensor:
+        """A conv's (B, C, H, W) output as a spatial map in this layout."""
         # XNNPACK holds a conv's output NHWC, so this permute moves no data in the delegate
         return x.permute(0, 2, 3, 1)
 
     def flatten_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """A spatial map in this layout as a row of tokens."""
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
     def attention_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """A spatial map as the keys' and values' projections read it."""
         return self.flatten_tokens(x)  # Linear layers on (B, N, C) rows
 
     def unflatten_tokens(self, x: torch.Tensor, grid: Grid) -> torch.Tensor:
+        """A row of tokens as a spatial map in this layout."""
         return x.reshape(x.shape[0], grid[0], grid[1], x.shape[-1])
 
     def token_param(self, tokens: torch.Tensor) -> nn.Parameter:
+        """A fresh parameter of (1, N, C) learned tokens (CLS, position embeddings) in this layout."""
         return nn.Parameter(tokens.detach().clone())
 
+    def channels(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Channels ``start:stop`` of tokens or a map, by a stride-1 slice."""
+        return x[..., start:stop]
+
     def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """Queries or values per head, as :meth:`attend` takes them."""
         if heads == 1 and x.dim() == 3:
             return x
         B, C = x.shape[0], x.shape[-1]
@@ -185,17 +133,25 @@ class TokensLast(Layout):
         return x.reshape(B, -1, heads, d).permute(0, 2, 1, 3).reshape(B * heads, -1, d)
 
     def split_keys(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """Keys per head, (B*heads, d, M), as :meth:`attend` takes them."""
         B, C = x.shape[0], x.shape[-1]
         d = C // heads
         return x.reshape(B, -1, heads, d).permute(0, 2, 3, 1).reshape(B * heads, d, -1)
 
+    def keys_from_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`split_heads` output as keys, (B*heads, d, M)."""
+        return x.transpose(1, 2)
+
     def one_token_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """:meth:`split_heads` of a single token, by a reshape alone."""
         return x.reshape(x.shape[0] * heads, 1, x.shape[-1] // heads)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k) v per head (the softmax scale is already in k), laid out as ``q``."""
         return torch.bmm(torch.bmm(q, k).softmax(dim=-1), v)
 
     def merge_heads(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """:meth:`attend`'s output as tokens or a map of ``shape``, heads side by side on the channel axis."""
         B = shape[0]
         heads, N, d = x.shape[0] // B, x.shape[1], x.shape[2]
         if heads == 1 and x.shape == shape:
@@ -203,14 +159,17 @@ class TokensLast(Layout):
         return x.reshape(B, heads, N, d).permute(0, 2, 1, 3).reshape(shape)
 
     def spatial_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C): the mean of a spatial map."""
         return spatial_mean_nhwc(x)
 
     def max_over_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C): the maximum over a row of tokens."""
         # a rank-4 max.dim with keepdim: the form XNNPACK takes
         B, N, C = x.shape
         return torch.max(x.reshape(B, 1, N, C), dim=2, keepdim=True)[0].reshape(B, -1)
 
     def max_pool(self, x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+        """``F.max_pool2d`` of a (B, C, H, W) map, its padding as the runtime takes it."""
         return max_pool_edge_padded(x, kernel, stride, padding)
 
 
@@ -218,8 +177,9 @@ class TokensLast(Layout):
 class ChannelsFirst(Layout):
     """(B, C, H, W) / (B, C, 1, N): 1x1 convs, heads split off the channel axis, no transposes but the keys'."""
 
-    token_axis: ClassVar[int] = 3
+    # Q, K and V as one 1x1 conv each, the Core ML graph as measured
     fuse_projections: ClassVar[bool] = False
+    token_axis: ClassVar[int] = 3
 
     def linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
         return conv1x1_from(weight, bias)
@@ -255,11 +215,17 @@ class ChannelsFirst(Layout):
     def token_param(self, tokens: torch.Tensor) -> nn.Parameter:
         return nn.Parameter(tokens.detach().clone().transpose(1, 2).unsqueeze(2))  # 1, C, 1, N
 
+    def channels(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        return x[:, start:stop]
+
     def split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         return x.reshape(x.shape[0] * heads, x.shape[1] // heads, -1)
 
     def split_keys(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         return self.split_heads(x, heads)
+
+    def keys_from_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def one_token_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         return self.split_heads(x, heads)

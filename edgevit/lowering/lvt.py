@@ -14,7 +14,7 @@ from torch import nn
 
 from ..models import lvt as train
 from . import register_lowering
-from .blocks import DeployMlp, multi_head_attention
+from .blocks import DeployMlp, multi_head_attention, require_classifier
 from .layout import Layout
 from .ops import PhaseFold, ShortRowSoftmax, TapLinear, fold_k3s2p1_nchw
 from .weights import class_block_weights, conv1x1_from, conv_copy, linear_from
@@ -268,8 +268,7 @@ class DeployLVT(nn.Module):
 
     def __init__(self, model: train.LVT, layout: Layout) -> None:
         super().__init__()
-        if model.features_only:
-            raise ValueError("lowering supports the classifier; build the model without features_only")
+        require_classifier(model)
         cfg = model.cfg
         self.layout = layout
         self.aux_weight = cfg.aux_weight

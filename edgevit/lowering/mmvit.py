@@ -1,13 +1,13 @@
-"""Deploy form of MMViT: the same function as ``edgevit.models.mmvit`` in mobile-delegated ops.
-
-Tokens stay (B, N, C) with every head side by side in C. Rules kept here: static shapes (grids and token
-counts are fixed when the form is built), rank <= 4, attention as 3-D ``bmm`` on (B*heads, N, d), no
-gather/scatter, LayerNorm as Linear reductions, the CLS token split off by slices (never ``select``).
+"""Deploy form of MMViT: the same function as ``edgevit.models.mmvit`` in mobile-delegated ops, once for
+every layout (``lowering.layout``): tokens (B, N, C) for XNNPACK/LiteRT/ONNX, or each view as (B, C, 1, N)
+columns for Core ML, every head side by side on the channel axis. Rules kept here: static shapes (grids and
+token counts are fixed when the form is built), rank <= 4, attention as the layout's products, no
+gather/scatter, the CLS token (first, where a view has one) split off by slices (never ``select``).
 
 The rewrites, each exact up to fp32 rounding:
 - Q/K/V pooling runs on all heads at once: one depthwise conv whose kernel is the shared per-head kernel
   tiled over heads, then a per-head LayerNorm on (B, N*heads, d); projections that pool alike (K and V, and
-  Q in stride-1 blocks) share one Linear, one conv and one norm, and are split by slices;
+  Q in stride-1 blocks) share one Linear, one conv and one norm, and are split by slices (tokens last);
 - the softmax scale is folded into K's pooling LayerNorm (or K's projection when K is not pooled), so the
   residual pooling still adds the unscaled Q;
 - cross-attention runs each view's queries against the views' concatenated keys and values: attention is
@@ -20,56 +20,41 @@ The rewrites, each exact up to fp32 rounding:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..models import mmvit as train
-from .ops import LinearLayerNorm, max_pool_edge_padded
+from . import register_lowering
+from .blocks import DeployMlp, multi_head_attention, require_classifier
+from .layout import Grid, Layout
 from .weights import k_norm_scale, linear_from, pooling_attention_weights
 
 __all__ = ["DeployMMViT"]
 
 
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, N, heads*d) -> (B*heads, N, d)."""
-    B, N, C = x.shape
-    if heads == 1:
-        return x
-    return x.reshape(B, N, heads, C // heads).permute(0, 2, 1, 3).reshape(B * heads, N, C // heads)
-
-
-def _merge_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B*heads, N, d) -> (B, N, heads*d)."""
-    if heads == 1:
-        return x
-    BH, N, d = x.shape
-    return x.reshape(BH // heads, heads, N, d).permute(0, 2, 1, 3).reshape(BH // heads, N, heads * d)
-
-
-def _tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    B, _, C = x.shape
-    return x.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2)
-
-
-def _map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C), permuted before the reshape: XNNPACK stores a conv's output NHWC, so that
-    permute moves no data in the delegate (a reshape first would copy it to NCHW and back)."""
-    B, C, _, _ = x.shape
-    return x.permute(0, 2, 3, 1).reshape(B, -1, C)
+def _through_map(
+    layout: Layout, x: torch.Tensor, grid: Grid, has_cls: bool, op: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``op`` on a view's spatial tokens as the (B, C, H, W) map they are, the CLS passed in front by slices."""
+    spatial = layout.tokens(x, 1) if has_cls else x
+    out = layout.flatten_tokens(layout.from_map(op(layout.to_map(layout.unflatten_tokens(spatial, grid)))))
+    return layout.cat_tokens([layout.tokens(x, 0, 1), out]) if has_cls else out
 
 
 class DeployPool(nn.Module):
-    """:class:`models.mmvit.Pool` on (B, [1 +] H*W, parts*heads*d) tokens: the poolings of one or more
-    projections laid side by side (``pools``, all of one geometry), every head of every part in one depthwise
-    conv and one norm. ``scales`` multiply each part's norm affine (the softmax scale for K)."""
+    """:class:`models.mmvit.Pool` on a view's tokens: the poolings of one or more projections laid side by
+    side (``pools``, all of one geometry), every head of every part in one depthwise conv and one norm.
+    ``scales`` multiply each part's norm affine (the softmax scale for K)."""
 
     def __init__(
         self,
         pools: train.Pool | list[train.Pool],
         heads: int,
-        grid: tuple[int, int],
+        grid: Grid,
         has_cls: bool,
+        layout: Layout,
         scales: list[float] | None = None,
     ):
         super().__init__()
@@ -78,27 +63,19 @@ class DeployPool(nn.Module):
         conv = pools[0].conv
         if any(_geometry(p) != _geometry(pools[0]) for p in pools):
             raise ValueError("poolings run together only when they share kernel, stride and padding")
-        d = conv.in_channels
-        channels = d * heads * len(pools)
-        self.grid, self.has_cls = grid, has_cls
+        channels = conv.in_channels * heads * len(pools)
+        self.layout, self.grid, self.has_cls = layout, grid, has_cls
         self.conv = nn.Conv2d(
             channels, channels, conv.kernel_size, conv.stride, conv.padding, groups=channels, bias=False
         )
         self.conv.weight.copy_(torch.cat([p.conv.weight.repeat(heads, 1, 1, 1) for p in pools]))
-        weight = torch.cat([p.norm.weight.repeat(heads) * s for p, s in zip(pools, scales, strict=True)])
-        bias = torch.cat([p.norm.bias.repeat(heads) * s for p, s in zip(pools, scales, strict=True)])
-        self.norm = LinearLayerNorm(d, pools[0].norm.eps, weight, bias)
+        self.norm = layout.head_norm([(p.norm, s) for p, s in zip(pools, scales, strict=True)], heads)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cls = x[:, :1] if self.has_cls else None
-        spatial = x[:, 1:] if self.has_cls else x
-        x = _map_to_tokens(self.conv(_tokens_to_map(spatial, self.grid)))
-        if cls is not None:
-            x = torch.cat([cls, x], dim=1)
-        return self.norm(x)
+        return self.norm(_through_map(self.layout, x, self.grid, self.has_cls, self.conv))
 
     def cls_only(self, cls: torch.Tensor) -> torch.Tensor:
-        """The pooled CLS alone, from its (B, 1, C) token: the CLS skips the conv, so only the norm applies."""
+        """The pooled CLS alone, from its token: the CLS skips the conv, so only the norm applies."""
         return self.norm(cls)
 
 
@@ -113,14 +90,20 @@ def _geometry(pool: nn.Module) -> tuple | None:
 class DeployViewAttention(nn.Module):
     """One view's Q/K/V projections and poolings, from a training :class:`PoolingAttention` (view ``view``).
 
-    Projections whose poolings share a geometry (K and V always; Q too where it pools like them, as in every
-    stride-1 block) run as one Linear, one depthwise conv and one norm, then split by slices: far fewer
-    nodes than one chain each, which ExecuTorch lowers proportionally faster.
+    Tokens last, projections whose poolings share a geometry (K and V always; Q too where it pools like them,
+    as in every stride-1 block) run as one Linear, one depthwise conv and one norm, then split by slices: far
+    fewer nodes than one chain each, which ExecuTorch lowers proportionally faster.
     ``queries``: "all"; "cls" (the CLS token's query alone, see :meth:`cls_query`); "none".
     """
 
     def __init__(
-        self, m: train.PoolingAttention, view: int, grid: tuple[int, int], has_cls: bool, queries: str = "all"
+        self,
+        m: train.PoolingAttention,
+        view: int,
+        grid: Grid,
+        has_cls: bool,
+        layout: Layout,
+        queries: str = "all",
     ) -> None:
         super().__init__()
         if queries not in ("all", "cls", "none"):
@@ -134,19 +117,20 @@ class DeployViewAttention(nn.Module):
         def pool(names: list[str]) -> nn.Module:
             if _geometry(pools[names[0]]) is None:
                 return nn.Identity()
-            return DeployPool([pools[n] for n in names], heads, grid, has_cls, [scales[n] for n in names])
+            return DeployPool([pools[n] for n in names], heads, grid, has_cls, layout, [scales[n] for n in names])
 
-        groups: dict[tuple | None, list[str]] = {}
+        groups: dict[object, list[str]] = {}
         for name in ("q", "k", "v") if queries == "all" else ("k", "v"):
-            groups.setdefault(_geometry(pools[name]), []).append(name)
+            groups.setdefault(_geometry(pools[name]) if layout.fuse_projections else name, []).append(name)
         self.parts = [tuple(names) for names in groups.values()]
         self.projections = nn.ModuleList(
-            linear_from(torch.cat([weights[n][0] for n in names]), torch.cat([weights[n][1] for n in names]))
+            layout.linear(torch.cat([weights[n][0] for n in names]), torch.cat([weights[n][1] for n in names]))
             for names in self.parts
         )
         self.pools = nn.ModuleList(pool(list(names)) for names in self.parts)
+        self.layout = layout
         if queries == "cls":
-            self.q = linear_from(*weights["q"])
+            self.q = layout.linear(*weights["q"])
             self.pool_q = pool(["q"])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
@@ -154,47 +138,28 @@ class DeployViewAttention(nn.Module):
         for names, projection, pool in zip(self.parts, self.projections, self.pools, strict=True):
             y = pool(projection(x))
             for i, name in enumerate(names):
-                out[name] = y if len(names) == 1 else y[..., i * self.dim : (i + 1) * self.dim]
+                out[name] = y if len(names) == 1 else self.layout.channels(y, i * self.dim, (i + 1) * self.dim)
         return out.get("q"), out["k"], out["v"]
 
     def cls_query(self, x: torch.Tensor) -> torch.Tensor:
         """The CLS token's query alone (``x`` starts with the CLS)."""
-        q = self.q(x[:, :1])
+        q = self.q(self.layout.tokens(x, 0, 1))
         return self.pool_q.cls_only(q) if isinstance(self.pool_q, DeployPool) else q
-
-
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, residual: bool) -> torch.Tensor:
-    """softmax(q k^T) v [+ q] per head; q, k, v are (B, N, heads*d) with the scale already in k."""
-    qh, kh, vh = _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
-    out = torch.bmm(torch.bmm(qh, kh.transpose(1, 2)).softmax(dim=-1), vh)
-    if residual:
-        out = out + qh
-    return _merge_heads(out, heads)
-
-
-class DeployMlp(nn.Module):
-    def __init__(self, m: train.Mlp) -> None:
-        super().__init__()
-        self.fc1 = linear_from(m.fc1.weight, m.fc1.bias)
-        self.fc2 = linear_from(m.fc2.weight, m.fc2.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class DeployShortcutPool(nn.Module):
     """The max-pooled residual of a Q-strided block, CLS passed through by slices."""
 
-    def __init__(self, stride: int, grid: tuple[int, int], has_cls: bool) -> None:
+    def __init__(self, stride: int, grid: Grid, has_cls: bool, layout: Layout) -> None:
         super().__init__()
         self.kernel, self.padding = train.skip_geometry(stride)
-        self.stride, self.grid, self.has_cls = stride, grid, has_cls
+        self.stride, self.grid, self.has_cls, self.layout = stride, grid, has_cls, layout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = x[:, 1:] if self.has_cls else x
-        pooled = max_pool_edge_padded(_tokens_to_map(spatial, self.grid), self.kernel, self.stride, self.padding)
-        pooled = _map_to_tokens(pooled)
-        return torch.cat([x[:, :1], pooled], dim=1) if self.has_cls else pooled
+        return _through_map(self.layout, x, self.grid, self.has_cls, self.pool)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layout.max_pool(x, self.kernel, self.stride, self.padding)
 
 
 class DeploySelfBlock(nn.Module):
@@ -204,22 +169,22 @@ class DeploySelfBlock(nn.Module):
     queries, residuals and MLP run for that one token; keys and values still come from every token.
     """
 
-    def __init__(self, m: train.SelfBlock, grid: tuple[int, int], has_cls: bool, cls_only: bool = False) -> None:
+    def __init__(self, m: train.SelfBlock, grid: Grid, has_cls: bool, layout: Layout, cls_only: bool = False) -> None:
         super().__init__()
         if cls_only and (m.q_stride > 1 or not has_cls):
             raise ValueError("cls_only needs a block with a CLS token and no Q pooling")
+        self.layout = layout
         self.heads = m.attn.num_heads
         self.residual = m.attn.residual_pooling
         self.cls_only = cls_only
-        self.norm1 = LinearLayerNorm.from_module(m.norm1)
-        self.shortcut_proj = (
-            None if m.shortcut_proj is None else linear_from(m.shortcut_proj.weight, m.shortcut_proj.bias)
-        )
-        self.shortcut_pool = DeployShortcutPool(m.q_stride, grid, has_cls) if m.q_stride > 1 else nn.Identity()
-        self.qkv = DeployViewAttention(m.attn, 0, grid, has_cls, queries="cls" if cls_only else "all")
-        self.proj = linear_from(m.attn.proj.weight, m.attn.proj.bias)
-        self.norm2 = LinearLayerNorm.from_module(m.norm2)
-        self.mlp = DeployMlp(m.mlp)
+        self.norm1 = layout.norm(m.norm1)
+        proj = m.shortcut_proj
+        self.shortcut_proj = None if proj is None else layout.linear(proj.weight, proj.bias)
+        self.shortcut_pool = DeployShortcutPool(m.q_stride, grid, has_cls, layout) if m.q_stride > 1 else nn.Identity()
+        self.qkv = DeployViewAttention(m.attn, 0, grid, has_cls, layout, queries="cls" if cls_only else "all")
+        self.proj = layout.linear(m.attn.proj.weight, m.attn.proj.bias)
+        self.norm2 = layout.norm(m.norm2)
+        self.mlp = DeployMlp.from_module(m.mlp, layout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_norm = self.norm1(x)
@@ -227,10 +192,12 @@ class DeploySelfBlock(nn.Module):
         shortcut = self.shortcut_pool(shortcut)
         if self.cls_only:  # the head reads the CLS only: one query, one residual row, one MLP row
             _, k, v = self.qkv(x_norm)
-            q, shortcut = self.qkv.cls_query(x_norm), shortcut[:, :1]
+            q, shortcut = self.qkv.cls_query(x_norm), self.layout.tokens(shortcut, 0, 1)
         else:
             q, k, v = self.qkv(x_norm)
-        x = shortcut + self.proj(_attend(q, k, v, self.heads, self.residual))
+        x = shortcut + self.proj(
+            multi_head_attention(self.layout, q, k, v, self.heads, self.residual, keys_like_queries=True)
+        )
         return x + self.mlp(self.norm2(x))
 
 
@@ -240,30 +207,34 @@ class DeployCrossBlock(nn.Module):
     ``live_views``: the views whose output is used downstream; the others still give keys and values.
     """
 
-    def __init__(self, m: train.CrossBlock, grids: list, has_cls: list, live_views: list[int]) -> None:
+    def __init__(self, m: train.CrossBlock, grids: list, has_cls: list, live_views: list[int], layout: Layout) -> None:
         super().__init__()
+        self.layout = layout
         self.heads = m.attn.num_heads
         self.residual = m.attn.residual_pooling
         self.live_views = list(live_views)
-        self.norm1 = LinearLayerNorm.from_module(m.norm1)
+        self.norm1 = layout.norm(m.norm1)
         self.views = nn.ModuleList(
-            DeployViewAttention(m.attn, i, g, c, queries="all" if i in live_views else "none")
+            DeployViewAttention(m.attn, i, g, c, layout, queries="all" if i in live_views else "none")
             for i, (g, c) in enumerate(zip(grids, has_cls, strict=True))
         )
-        self.proj = linear_from(m.attn.proj.weight, m.attn.proj.bias)
-        self.norm2 = LinearLayerNorm.from_module(m.norm2)
-        self.mlp = DeployMlp(m.mlp)
+        self.proj = layout.linear(m.attn.proj.weight, m.attn.proj.bias)
+        self.norm2 = layout.norm(m.norm2)
+        self.mlp = DeployMlp.from_module(m.mlp, layout)
 
     def forward(self, views: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        L = self.layout
         projected = [att(self.norm1(x)) for att, x in zip(self.views, views, strict=True)]
-        k = torch.cat([k for _, k, _ in projected], dim=1)
-        v = torch.cat([v for _, _, v in projected], dim=1)
+        k = L.cat_tokens([k for _, k, _ in projected])
+        v = L.cat_tokens([v for _, _, v in projected])
         outs: list[torch.Tensor | None] = []
         for i, x in enumerate(views):
             if i not in self.live_views:
                 outs.append(None)
                 continue
-            x = x + self.proj(_attend(projected[i][0], k, v, self.heads, self.residual))
+            x = x + self.proj(
+                multi_head_attention(L, projected[i][0], k, v, self.heads, self.residual, keys_like_queries=True)
+            )
             outs.append(x + self.mlp(self.norm2(x)))
         return outs
 
@@ -271,17 +242,17 @@ class DeployCrossBlock(nn.Module):
 class DeployStem(nn.Module):
     """Conv patch embedding of one view, plus its position embedding (and view 1's CLS) for one grid."""
 
-    def __init__(self, stem: train.ViewStem) -> None:
+    def __init__(self, stem: train.ViewStem, layout: Layout) -> None:
         super().__init__()
         conv = stem.proj
         self.proj = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
         self.proj.load_state_dict(conv.state_dict())
-        self.grid = stem.grid
+        self.layout, self.grid = layout, stem.grid
         pos = stem.pos_embed.detach().clone()
         self.has_cls = stem.cls_token is not None
         if self.has_cls:  # the CLS enters as position 0 of a zero token padded in front (no expand, any batch)
             pos[:, :1] += stem.cls_token.detach()
-        self.pos_embed = nn.Parameter(pos)
+        self.pos_embed = layout.token_param(pos)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.proj(image)
@@ -290,31 +261,24 @@ class DeployStem(nn.Module):
                 f"this deploy form is built for a {self.grid} token grid, got {tuple(x.shape[2:])}; "
                 "build the model at the export input size"
             )
-        x = _map_to_tokens(x)
+        x = self.layout.flatten_tokens(self.layout.from_map(x))
         if self.has_cls:
-            x = F.pad(x, (0, 0, 1, 0))
+            x = self.layout.pad_front_token(x)
         return x + self.pos_embed
 
 
 class DeployMMViT(nn.Module):
     """The MMViT classifier for one input size: NCHW image in, logits out.
 
-    The plan (which blocks run, for which views, CLS-only at the end) is layout-free; the block classes and
-    the readout are this form's (tokens as (B, N, C)); :class:`ChannelsFirstMMViT` swaps them for Core ML.
+    The plan (which blocks run, for which views, CLS-only at the end) is the same in every layout.
     """
 
-    Stem: type[nn.Module] = DeployStem
-    SelfBlock: type[nn.Module] = DeploySelfBlock
-    CrossBlock: type[nn.Module] = DeployCrossBlock
-    Norm: type[nn.Module] = LinearLayerNorm  # the final norm and the head, in this layout
-    head_from = staticmethod(linear_from)
-
-    def __init__(self, model: train.MMViT) -> None:
+    def __init__(self, model: train.MMViT, layout: Layout) -> None:
         super().__init__()
-        if model.features_only:
-            raise ValueError("lowering supports the classifier; build the model without features_only")
+        require_classifier(model)
         cfg = model.cfg
-        self.stems = nn.ModuleList(self.Stem(stem) for stem in model.stems)
+        self.layout = layout
+        self.stems = nn.ModuleList(DeployStem(stem, layout) for stem in model.stems)
         grids = [stem.grid for stem in model.stems]
         has_cls = [stem.cls_token is not None for stem in model.stems]
         last_cross = max(i for i, stage in enumerate(model.stages) if hasattr(stage, "cross"))
@@ -324,7 +288,7 @@ class DeployMMViT(nn.Module):
 
         def add_self(blocks: nn.ModuleList, live: list[int], last: bool = False) -> None:
             for v in live:
-                block = self.SelfBlock(blocks[v], grids[v], has_cls[v], cls_only=last and v == 0)
+                block = DeploySelfBlock(blocks[v], grids[v], has_cls[v], layout, cls_only=last and v == 0)
                 grids[v] = self._out_grid(blocks[v], grids[v])
                 self.steps.append(block)
                 self.plan.append(("self", v))
@@ -337,11 +301,11 @@ class DeployMMViT(nn.Module):
                 add_self(per_view, live, last=final)
             if hasattr(stage, "cross"):
                 cross_live = all_views if s < last_cross else [0]
-                self.steps.append(self.CrossBlock(stage.cross, list(grids), has_cls, cross_live))
+                self.steps.append(DeployCrossBlock(stage.cross, list(grids), has_cls, cross_live, layout))
                 self.plan.append(("cross", None))
                 add_self(stage.scale, cross_live)
-        self.norm = self.Norm.from_module(model.norm)
-        self.head = self.head_from(model.head.weight, model.head.bias)
+        self.norm = layout.norm(model.norm)
+        self.head = linear_from(model.head.weight, model.head.bias)
 
     @staticmethod
     def _out_grid(block: train.SelfBlock, grid: tuple[int, int]) -> tuple[int, int]:
@@ -352,8 +316,8 @@ class DeployMMViT(nn.Module):
 
     @classmethod
     @torch.no_grad()
-    def from_module(cls, model: train.MMViT) -> DeployMMViT:
-        return cls(model).eval()
+    def from_module(cls, model: train.MMViT, layout: Layout) -> DeployMMViT:
+        return cls(model, layout).eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         views: list[torch.Tensor | None] = [stem(image) for stem in self.stems]
@@ -365,7 +329,10 @@ class DeployMMViT(nn.Module):
         return self.readout(views[0])
 
     def readout(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits from view 1's tokens (B, N, C): the head on its normalised CLS."""
-        cls = tokens if tokens.shape[1] == 1 else tokens[:, :1]  # a full slice would be an alias op
-        B, _, C = cls.shape
-        return self.head(self.norm(cls).reshape(B, C))
+        """Logits from view 1's tokens: the head on its normalised CLS."""
+        L = self.layout
+        cls = tokens if tokens.shape[L.token_axis] == 1 else L.tokens(tokens, 0, 1)  # a full slice is an alias op
+        return self.head(self.norm(cls).reshape(cls.shape[0], -1))
+
+
+register_lowering(train.MMViT, DeployMMViT.from_module)
