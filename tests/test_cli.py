@@ -1,4 +1,7 @@
-"""The edgevit command as a user runs it: a real export of LVT, and one-line errors for bad input."""
+"""The edgevit command as a user runs it: a real export of LVT, and one-line errors for bad input.
+
+Argument and validation errors run the command in this process (``edgevit.cli.run``); real exports and
+signals run it as its own process, as a user does."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from edgevit.cli import run
 from edgevit.data import load_images
 from edgevit.models import create_model, get_entry
 from edgevit.runtime import open_runner
@@ -77,71 +81,106 @@ def test_exported_pte_computes_the_checkpoint_model(exported):
     assert np.abs(ref - got).max() < 1e-4
 
 
-def test_existing_artifact_needs_force(exported):
-    _, out, _ = exported
-    pte = out / "lvt-executorch-xnnpack-fp32.pte"
-    before = pte.read_bytes()
-    proc = run_cli("export", "lvt", "--output-dir", str(out))
-    assert proc.returncode != 0
-    assert "already exists; pass --force" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert pte.read_bytes() == before
-
-
-def _user_error(*args: str) -> str:
-    proc = run_cli(*args)
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr, proc.stderr
+def test_existing_artifact_needs_force(tmp_path):
+    """As its own process: the user error is one line on stderr and exit 2, with third-party noise silenced."""
+    pte = tmp_path / "lvt-executorch-xnnpack-fp32.pte"
+    pte.write_bytes(b"kept")
+    proc = run_cli("export", "lvt", "--output-dir", str(tmp_path))
+    assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+    assert len(lines) == 1 and "already exists; pass --force" in lines[0], proc.stderr
+    assert pte.read_bytes() == b"kept"
 
 
-def test_bad_input_gets_one_line_errors(tmp_path):
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Runs the command in this process: its exit code, stdout and stderr."""
+    monkeypatch.delenv("EDGEVIT_DEBUG", raising=False)  # with it set, user errors raise with a traceback
+
+    def call(*args: str) -> tuple[int, str, str]:
+        status = run(list(args))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return call
+
+
+@pytest.fixture
+def user_error(cli):
+    """A user mistake: exit `code` and one line on stderr, which is returned."""
+
+    def fail(*args: str, code: int = 2) -> str:
+        status, _, err = cli(*args)
+        assert status == code, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1, err
+        return lines[0]
+
+    return fail
+
+
+@pytest.fixture
+def usage_error(cli):
+    """A malformed command line: click's usage line, a hint and the error, exit 2; the error line is returned."""
+
+    def fail(*args: str) -> str:
+        status, _, err = cli(*args)
+        assert status == 2, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines[0].startswith("Usage: ") and lines[-1].startswith("Error: "), err
+        return lines[-1]
+
+    return fail
+
+
+def test_bad_input_gets_one_line_errors(tmp_path, user_error):
     out = str(tmp_path / "out")
-    assert "unknown model 'lvt_xl'" in _user_error("export", "lvt_xl", "--output-dir", out)
-    assert "target 'tensorrt'" in _user_error("export", "lvt", "--target", "tensorrt", "--output-dir", out)
-    assert "multiple of 32" in _user_error("export", "lvt", "--input-size", "100", "--output-dir", out)
-    assert "checkpoint not found" in _user_error(
+    assert "unknown model 'lvt_xl'" in user_error("export", "lvt_xl", "--output-dir", out)
+    assert "target 'tensorrt'" in user_error("export", "lvt", "--target", "tensorrt", "--output-dir", out)
+    assert "multiple of 32" in user_error("export", "lvt", "--input-size", "100", "--output-dir", out)
+    assert "checkpoint not found" in user_error(
         "export", "lvt", "--checkpoint", str(tmp_path / "x.pth"), "--output-dir", out
     )
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x80\x02garbage")
-    assert "cannot be loaded as tensors only" in _user_error(
+    assert "cannot be loaded as tensors only" in user_error(
         "export", "lvt", "--checkpoint", str(corrupt), "--output-dir", out
     )
     wrong = tmp_path / "cls.pth"
     torch.save(create_model("lvt_cls").state_dict(), wrong)
-    assert "unexpected (aux_head.bias" in _user_error("export", "lvt", "--checkpoint", str(wrong), "--output-dir", out)
+    assert "unexpected (aux_head.bias" in user_error("export", "lvt", "--checkpoint", str(wrong), "--output-dir", out)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert "cannot create output directory" in _user_error("export", "lvt", "--output-dir", str(blocker / "sub"))
-    assert "unknown recipe" in _user_error("export", "lvt", "--recipe", "nope", "--output-dir", out)
-    assert "image folder not found" in _user_error(
+    assert "cannot create output directory" in user_error("export", "lvt", "--output-dir", str(blocker / "sub"))
+    assert "unknown recipe" in user_error("export", "lvt", "--recipe", "nope", "--output-dir", out)
+    assert "image folder not found" in user_error(
         "export", "lvt", "--images", str(tmp_path / "none"), "--output-dir", out
     )
     assert not (tmp_path / "out").exists()  # nothing created for a failed export
 
 
-def test_models_json_lists_params_and_macs():
-    proc = run_cli("models", "--json")
-    assert proc.returncode == 0, proc.stderr
-    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+def test_malformed_command_lines_are_usage_errors(usage_error):
+    assert "No such command 'verfy'" in usage_error("verfy")
+    assert "No such option: --colour" in usage_error("models", "--colour")
+    assert "Missing argument 'model'" in usage_error("export")
+    at_least_one = "Input should be greater than or equal to 1"
+    assert f"'--num-images': {at_least_one}" in usage_error("export", "lvt", "--num-images", "0")
+    assert f"'--calib-count': {at_least_one}" in usage_error("export", "lvt", "--calib-count", "0")
+    assert "'--runs': " in usage_error("bench", "x.onnx", "--runs", "0")
+
+
+def test_models_json_lists_params_and_macs(cli):
+    status, listing, err = cli("models", "--json")
+    assert status == 0, err
+    rows = {r["name"]: r for r in json.loads(listing)}
     assert rows["lvt"]["params_m"] == pytest.approx(3.687, abs=0.004)
     assert rows["lvt_cls"]["params_m"] == pytest.approx(5.522, abs=0.006)
     assert 0.8 < rows["lvt"]["gmacs"] < 0.95 and rows["lvt"]["input_size"] == 224
 
 
-def test_help_explains_export():
-    proc = run_cli("export", "--help")
-    assert proc.returncode == 0
-    assert "--checkpoint" in proc.stdout and "edgevit export lvt" in proc.stdout
-
-
-def test_usage_errors_exit_2_without_traceback():
-    proc = run_cli("verfy")
-    assert proc.returncode == 2
-    assert "No such command 'verfy'" in proc.stderr and "Traceback" not in proc.stderr
+def test_help_explains_export(cli):
+    status, help_text, _ = cli("export", "--help")
+    assert status == 0 and "--checkpoint" in help_text and "edgevit export lvt" in help_text
 
 
 def test_sigterm_during_export_leaves_nothing_behind(tmp_path):

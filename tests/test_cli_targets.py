@@ -1,4 +1,4 @@
-"""CLI for the Core ML and ONNX targets, verify and inspect, and their one-line errors."""
+"""CLI for the Core ML and ONNX targets, verify and inspect, and their one-line errors (run in this process)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+
+from edgevit.cli import run
 
 from .conftest import run_cli
 
@@ -52,52 +54,65 @@ def test_inspect_reads_the_manifest_or_the_bare_file(out_dir, tmp_path):
     assert info["source"] == "file" and info["audit"]["max_rank"] <= 4 and info["audit"]["ops"]["layer_norm"] == 29
 
 
-def _one_line_error(*args: str) -> str:
-    proc = run_cli(*args)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+@pytest.fixture
+def user_error(capsys, monkeypatch):
+    """Runs the command in this process: it must exit with `code` and say why in one line on stderr."""
+    monkeypatch.delenv("EDGEVIT_DEBUG", raising=False)  # with it set, user errors raise with a traceback
+
+    def fail(*args: str, code: int = 2) -> str:
+        status = run(list(args))
+        err = capsys.readouterr().err
+        assert status == code, err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1, err
+        return lines[0]
+
+    return fail
 
 
-def test_bad_artifacts_get_one_line_errors(out_dir, tmp_path):
+def test_bad_artifacts_get_one_line_errors(tmp_path, user_error):
     corrupt = tmp_path / "corrupt.pte"
     corrupt.write_bytes(b"\x00" * 64)
-    assert "cannot be read as .pte" in _one_line_error("inspect", str(corrupt))
-    assert "no manifest beside" in _one_line_error("verify", str(corrupt))
-    assert "artifact not found" in _one_line_error("inspect", str(tmp_path / "missing.onnx"))
+    assert "cannot be read as .pte" in user_error("inspect", str(corrupt))
+    assert "no manifest beside" in user_error("verify", str(corrupt))
+    assert "artifact not found" in user_error("inspect", str(tmp_path / "missing.onnx"))
     text = tmp_path / "notes.txt"
     text.write_text("hi")
-    assert "not an artifact edgevit knows" in _one_line_error("inspect", str(text))
+    assert "not an artifact edgevit knows" in user_error("inspect", str(text))
+
+
+def test_a_changed_artifact_fails_verify(out_dir, tmp_path, user_error):
     tampered = tmp_path / "lvt-onnx-fp32.onnx"
     shutil.copy(out_dir / "lvt-onnx-fp32.onnx", tampered)
     shutil.copy(out_dir / "lvt-onnx-fp32.manifest.json", tmp_path / "lvt-onnx-fp32.manifest.json")
     with tampered.open("ab") as f:
         f.write(b"\x00")
-    assert "does not match the sha256" in _one_line_error("verify", str(tampered))
-    assert "builds for target 'coreml'" in _one_line_error(
+    assert "does not match the sha256" in user_error("verify", str(tampered))
+
+
+def test_bad_export_options_get_one_line_errors(tmp_path, user_error):
+    assert "builds for target 'coreml'" in user_error(
         "export", "lvt", "--target", "executorch", "--recipe", "coreml-fp16", "--output-dir", str(tmp_path)
     )
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
-    assert "2 labels given but lvt has 1000 classes" in _one_line_error(
+    assert "2 labels given but lvt has 1000 classes" in user_error(
         "export", "lvt", "--target", "onnx", "--labels", str(labels), "--output-dir", str(tmp_path / "l")
     )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    assert "is empty" in _one_line_error("export", "lvt", "--labels", str(empty), "--output-dir", str(tmp_path))
-    assert "--image-input is for the coreml target" in _one_line_error(
+    assert "is empty" in user_error("export", "lvt", "--labels", str(empty), "--output-dir", str(tmp_path))
+    assert "--image-input is for the coreml target" in user_error(
         "export", "lvt", "--target", "tflite", "--image-input", "--output-dir", str(tmp_path)
     )
-    assert "--recipe picks one recipe" in _one_line_error(
+    assert "--recipe picks one recipe" in user_error(
         "export", "lvt", "--target", "all", "--recipe", "onnx-fp32", "--output-dir", str(tmp_path)
     )
 
 
-def test_recipes_lists_every_builtin():
-    proc = run_cli("recipes", "--json")
-    names = {r["name"] for r in json.loads(proc.stdout)}
+def test_recipes_lists_every_builtin(capsys):
+    assert run(["recipes", "--json"]) == 0
+    names = {r["name"] for r in json.loads(capsys.readouterr().out)}
     assert {
         "executorch-xnnpack-fp32",
         "executorch-coreml-fp16",

@@ -7,14 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .errors import RunFailure
-
-# benchmark tables are wide: a pipe or a log gets them whole instead of squeezed to 80 columns
-out = Console(width=None if Console().is_terminal else 160)
-err = Console(stderr=True)
+from ..errors import RunFailure
+from .console import out, progress
 
 BENCH_EXAMPLES = """
 Examples:
@@ -58,15 +54,13 @@ def bench(
     Columns: n, median, p90, mean, trimmed mean (middle 80%), std, min, load ms, peak MB, ratio to the first.
     On the host each artifact runs in a fresh process; --rounds alternates several.
     """
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    from .bench.devices import get_profile
-    from .bench.host import Settings
-    from .bench.record import read_records, write_records
-    from .bench.report import compare_table, int8_hardware_notes, op_profile_table, plot, results_table
-    from .bench.run import bench as run_bench
-    from .bench.run import check_artifacts
-    from .fileio import check_writable_dir
+    from ..bench.devices import get_profile
+    from ..bench.host import Settings
+    from ..bench.record import read_records, write_records
+    from ..bench.report import compare_table, int8_hardware_notes, op_profile_table, plot, results_table
+    from ..bench.run import bench as run_bench
+    from ..bench.run import check_artifacts
+    from ..fileio import check_writable_dir
 
     profile = get_profile(device)
     settings = Settings(threads or profile.threads or 2, warmup, runs, min_seconds, rounds)
@@ -75,13 +69,8 @@ def bench(
     for target in (json_file, plot_file):
         if target is not None:
             check_writable_dir(target.parent if str(target.parent) else Path("."))
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
-    ) as progress:
-        task = progress.add_task("start", total=None)
-        records = run_bench(
-            artifacts, profile, settings, lambda s: progress.update(task, description=s), op_profiling=op_profiling
-        )
+    with progress() as show:
+        records = run_bench(artifacts, profile, settings, show, op_profiling=op_profiling)
     out.print(results_table(records))
     for r in records:
         profile = r.get("op_profile")
@@ -127,7 +116,7 @@ def devices(
     """List the device profiles (built in and ./devices/*.yaml); every profile is validated."""
     if ctx.invoked_subcommand is not None:
         return
-    from .bench.devices import all_profiles
+    from ..bench.devices import all_profiles
 
     profiles = all_profiles()
     if as_json:
@@ -160,9 +149,9 @@ def probe(
 
     import yaml
 
-    from .bench import android_env
-    from .bench.adb import Adb
-    from .fileio import atomic_write_bytes, make_dir, refuse_overwrite
+    from ..bench import android_env
+    from ..bench.adb import Adb
+    from ..fileio import atomic_write_bytes, make_dir, refuse_overwrite
 
     adb = Adb.connect(serial)
     env = android_env.capture(adb)

@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-out = Console(width=None if Console().is_terminal else 160)
-err = Console(stderr=True)
+from .console import err, out, print_summary, progress
 
 QAT_EXAMPLES = """
 Examples:
@@ -57,21 +55,15 @@ def qat(
 
     Ctrl-C keeps the last finished epoch's checkpoint; run the same command again to resume.
     """
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from ..models import parse_size
+    from ..train.qat import qat_export
 
-    from .cli import _print_summary
-    from .models import parse_size
-    from .train.qat import qat_export
-
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
-    ) as progress:
-        task = progress.add_task("start", total=None)
+    with progress() as show:
 
         def on_step(name: str) -> None:
-            progress.update(task, description=f"{model} QAT -> {target}: {name}")
+            show(f"{model} QAT -> {target}: {name}")
             if ": loss " in name:  # one line per finished epoch stays on screen
-                progress.console.print(name, highlight=False)
+                err.print(name, highlight=False)
 
         result, _ = qat_export(
             model,
@@ -92,7 +84,7 @@ def qat(
     if as_json:
         print(json.dumps({"artifact_path": str(result.artifact), **result.manifest}, indent=2))
         return
-    _print_summary(result)
+    print_summary(result)
     accuracy = result.manifest["quantization"]["qat"].get("val_accuracy_artifact")
     if accuracy is not None:
         out.print(f"  held-out accuracy of the int8 artifact: {accuracy:.1%}", highlight=False)
@@ -110,7 +102,7 @@ def digits(
     val_fraction: Annotated[float, typer.Option(help="Share held out for val/, class balance kept.")] = 0.2,
 ) -> None:
     """scikit-learn's 1,797 handwritten digit scans (10 classes) as an image folder."""
-    from .train.digits import write_digits
+    from ..train.digits import write_digits
 
     counts = write_digits(out_dir, size, val_fraction)
     out.print(f"{out_dir}: {counts['train']} training and {counts['val']} held-out images, 10 classes", highlight=False)

@@ -1,0 +1,5 @@
+"""``python -m edgevit.cli``: the same command as ``edgevit``."""
+
+from . import main
+
+main()

@@ -1,0 +1,46 @@
+"""``edgevit models`` and ``edgevit recipes``: what can be exported, and how."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .console import out
+
+
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the models: parameters, MACs at the default input size, default input size."""
+    from ..export import model_stats
+    from ..models import list_models, size_text
+
+    rows = [model_stats(name) for name in list_models()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("model", "params (M)", "GMACs", "input", "description")
+    for r in rows:
+        size = size_text(r["input_size"] if isinstance(r["input_size"], int) else tuple(r["input_size"]))
+        table.add_row(r["name"], f"{r['params_m']:.3f}", f"{r['gmacs']:.3f}", size, r["description"])
+    out.print(table)
+
+
+def recipes(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the built-in recipes (target, precision, gates)."""
+    from ..recipe import builtin_recipes, default_recipe_names
+
+    items = builtin_recipes()
+    if as_json:
+        print(json.dumps([r.to_dict() for r in items.values()], indent=2))
+        return
+    table = Table("recipe", "target", "precision", "default", "description")
+    defaults = default_recipe_names()
+    for r in items.values():
+        table.add_row(r.name, r.target, r.precision, "yes" if r.name in defaults else "", r.description)
+    out.print(table)
