@@ -211,12 +211,13 @@ def test_setup_errors_come_before_the_phone_is_touched(phone, tiny_artifacts, tm
     assert _pushed(root) == []
 
 
-def test_probe_writes_a_profile_that_benchmarks(phone, tiny_artifacts, tmp_path):
+def test_probe_writes_a_profile_found_by_name(phone, tmp_path):
     home = tmp_path / "home"
     env = phone[0] | {"EDGEVIT_HOME": str(home)}
-    probe = ("devices", "probe", "--output-dir", str(home / "devices"))
+    probe = ("devices", "probe")  # by default into the user folder, never the shipped devices/
     proc = run_cli(*probe, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "devices").exists()
     written = yaml.safe_load((home / "devices" / "pixel-fake.yaml").read_text())
     assert written["serial"] == "FAKE01" and written["cpu_mask"] == "f0" and written["threads"] == 4
     assert "Google Pixel Fake (Tensor G9, Android 16)" in written["description"]

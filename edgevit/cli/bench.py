@@ -113,7 +113,7 @@ def devices(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List the device profiles (built in and ./devices/*.yaml); every profile is validated."""
+    """List the device profiles (built in, and yours in the user folder); every profile is validated."""
     if ctx.invoked_subcommand is not None:
         return
     from ..bench.devices import all_profiles
@@ -141,24 +141,17 @@ def devices(
 def probe(
     serial: Annotated[str | None, typer.Argument(help="adb serial; default: the only device connected.")] = None,
     name: Annotated[str | None, typer.Option(help="Profile name; default: from the phone's model.")] = None,
-    output_dir: Annotated[Path, typer.Option(help="Where the profile YAML goes.")] = Path("devices"),
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the profile YAML goes; default: your profiles folder ($EDGEVIT_HOME/devices, else "
+            "$XDG_CONFIG_HOME/edgevit/devices, else ~/.config/edgevit/devices), where --device finds it by name."
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing profile.")] = False,
 ) -> None:
     """Write a device profile from a connected phone's getprop and cpufreq data (big cores pinned)."""
-    import re
+    from ..bench.devices import probe as write_profile
 
-    import yaml
-
-    from ..bench import android_env
-    from ..bench.adb import Adb
-    from ..fileio import atomic_write_bytes, make_dir, refuse_overwrite
-
-    adb = Adb.connect(serial)
-    env = android_env.capture(adb)
-    name = name or re.sub(r"[^a-z0-9]+", "-", (env.get("model") or adb.serial).lower()).strip("-")
-    path = output_dir / f"{name}.yaml"
-    refuse_overwrite([path], force)
-    make_dir(output_dir)
-    profile = android_env.profile_from(env, name)
-    atomic_write_bytes(path, yaml.safe_dump(profile, sort_keys=False).encode())
+    path, profile = write_profile(serial, name, output_dir, force)
     out.print(f"wrote {path}: {profile['description']}; big cores mask {profile['cpu_mask']}", highlight=False)
