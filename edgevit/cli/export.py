@@ -118,14 +118,15 @@ def export(
     if recipe is not None:
         raise EdgevitError("--recipe picks one recipe; with --target all every target uses its default recipe")
     rows, failed = [], False
-    for each in (t.name for t in list_targets()):
+    for each in list_targets():
         try:
-            # --image-input shapes the Core ML artifact only; the other targets take the normalised tensor
-            result = _export_one(model, each, {**options, "image_input": image_input and each == "coreml"})
-            rows.append({"target": each, "ok": True, "artifact_path": str(result.artifact), **result.manifest})
+            # --image-input shapes the artifacts that take images (Core ML); the others take the normalised tensor
+            with_image = image_input and each.app_image_io
+            result = _export_one(model, each.name, {**options, "image_input": with_image})
+            rows.append({"target": each.name, "ok": True, "artifact_path": str(result.artifact), **result.manifest})
         except EdgevitError as e:
             failed = True
-            rows.append({"target": each, "ok": False, "error": str(e)})
+            rows.append({"target": each.name, "ok": False, "error": str(e)})
     if as_json:
         print(json.dumps(rows, indent=2))
     else:

@@ -29,7 +29,7 @@ from ..recipe import Recipe
 from ..runtime import host_cannot_run, open_runner
 from ..targets.audit import check_gates, raise_on_failures
 from ..targets.base import ExportedArtifact
-from ..targets.registry import Target, get_target
+from ..targets.registry import Target, get_target, list_targets
 from .manifest import build_manifest
 from .request import ExportRequest, output_paths, resolve_recipe
 
@@ -123,16 +123,18 @@ def plan(request: ExportRequest, source: ModelSource, step: Step) -> Job:
 def with_app_io(recipe: Recipe, request: ExportRequest, spec: InputSpec) -> Recipe:
     """The recipe with the app's I/O options the target needs: labels and normalisation for Core ML classifiers
     and image inputs, and for pixel inputs (uint8 TFLite) the mean and std to fold in."""
-    if request.image_input and request.target != "coreml":
+    image_io = get_target(recipe.target).app_image_io
+    if request.image_input and not image_io:
+        takers = ", ".join(t.name for t in list_targets() if t.app_image_io)
         raise EdgevitError(
-            f"--image-input is for the coreml target; {request.target} artifacts take the normalised tensor"
+            f"--image-input is for the {takers} target; {request.target} artifacts take the normalised tensor"
         )
     pixel_input = request.image_input or recipe.options.get("input_dtype") == "uint8"
-    if not ((request.target == "coreml" and request.labels) or pixel_input):
+    if not ((image_io and request.labels) or pixel_input):
         return recipe
     labels = list(request.labels) if request.labels is not None else None
     extra: dict[str, Any] = {"labels": labels, "mean": list(spec.mean), "std": list(spec.std)}
-    if request.target == "coreml":
+    if image_io:
         extra["image_input"] = request.image_input
     return replace(recipe, options={**recipe.options, **extra})
 

@@ -242,6 +242,7 @@ class CoreMLTarget(Target):
     int8_recipe = "coreml-w8a8"
     runtime = "coreml"
     host_runner = "edgevit.runtime.coreml:CoreMLRunner"
+    app_image_io = True
     # the attention products of two activations: coremltools folds the keys' transpose into its matmul only
     # when no quantize/dequantize pair sits between them (mmvit_s's w8a8 program: 27 transposes instead of 0)
     float_ops = (torch.ops.aten.matmul.default, torch.ops.aten.bmm.default)

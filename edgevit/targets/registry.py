@@ -46,6 +46,9 @@ class Target:
     fold_quantize: ClassVar[bool] = True
     float_ops: ClassVar[tuple] = ()  # aten ops kept float in this target's int8 graphs
     dynamic_float_modules: ClassVar[tuple[type, ...]] = ()  # module types kept float by dynamic int8
+    # the artifact can take an RGB image with the normalisation inside, and name its classes (--image-input,
+    # --labels: Core ML's ImageType and classifier outputs); other targets take the normalised tensor
+    app_image_io: ClassVar[bool] = False
 
     def export(self, model: nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
         raise NotImplementedError
