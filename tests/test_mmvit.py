@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from edgevit.export import model_stats
+from edgevit.models.stats import model_stats
 from edgevit.lowering import lower
 from edgevit.lowering.layout import LAYOUTS
 from edgevit.lowering.mmvit import DeployCrossBlock, DeployMMViT, DeployPool, DeploySelfBlock

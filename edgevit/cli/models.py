@@ -15,7 +15,7 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the models: parameters, MACs at the default input size, default input size."""
-    from ..export import model_stats
+    from ..models.stats import model_stats
     from ..models import list_models, size_text
 
     rows = [model_stats(name) for name in list_models()]

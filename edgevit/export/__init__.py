@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from ..fileio import remove_path
-from ..models.stats import model_stats
 from ..quant.flow import QuantizeRequest
 from .manifest import manifest_input_size
 from .request import ExportRequest, output_paths, read_labels, resolve_recipe
@@ -66,7 +65,6 @@ __all__ = [
     "export",
     "export_model",
     "manifest_input_size",
-    "model_stats",
     "output_paths",
     "read_labels",
     "resolve_recipe",
