@@ -8,12 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from edgevit.models.stats import model_stats
 from edgevit.lowering import lower
 from edgevit.lowering.layout import LAYOUTS
 from edgevit.lowering.mmvit import DeployCrossBlock, DeployMMViT, DeployPool, DeploySelfBlock
 from edgevit.models import create_model
 from edgevit.models.mmvit import MMVIT_CONFIGS, CrossBlock, MMViT, MMViTConfig, Pool, SelfBlock
+from edgevit.models.stats import model_stats
 from edgevit.targets.audit import max_tensor_rank, op_counts
 
 TOL = dict(atol=1e-5, rtol=0)

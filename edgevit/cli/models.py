@@ -15,8 +15,8 @@ def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the models: parameters, MACs at the default input size, default input size."""
-    from ..models.stats import model_stats
     from ..models import list_models, size_text
+    from ..models.stats import model_stats
 
     rows = [model_stats(name) for name in list_models()]
     if as_json:
