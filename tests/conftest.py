@@ -1,15 +1,23 @@
-"""Shared fixtures: tiny LVT variants for plumbing tests, real photos, the edgevit command."""
+"""Shared fixtures: real photos, tiny LVT variants for plumbing tests, the edgevit command (in a subprocess, or in
+this process for input errors), and artifacts built once per run and shared by every test and both test workers."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from filelock import FileLock
 
 from edgevit.data import load_images
 from edgevit.models import get_entry
@@ -17,6 +25,7 @@ from edgevit.models.lvt import LVT, LVTConfig
 
 EDGEVIT = [sys.executable, "-m", "edgevit.cli"]
 
+# the config of the registered lvt_test
 TINY = LVTConfig(
     depths=(1, 1, 1, 1),
     embed_dims=(16, 16, 32, 32),
@@ -43,43 +52,201 @@ def photos_64() -> torch.Tensor:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`edgevit ARGS` as a user runs it: a fresh process."""
     full_env = {k: v for k, v in os.environ.items() if k != "EDGEVIT_DEBUG"} | (env or {})
     return subprocess.run([*EDGEVIT, *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=full_env)
 
 
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli_here(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> CliResult:
+    """`edgevit ARGS` in this process, through the same entry as the console script: for input errors, which
+    end before any model is built, without the seconds a fresh Python takes to import torch."""
+    from edgevit.cli import run
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    previous_cwd, previous_env = os.getcwd(), dict(os.environ)
+    os.environ.pop("EDGEVIT_DEBUG", None)
+    os.environ.update(env or {})
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with redirect_stdout(stdout), redirect_stderr(stderr):
+            code = run(list(args))
+    finally:
+        os.chdir(previous_cwd)
+        os.environ.clear()
+        os.environ.update(previous_env)
+    return CliResult(code, stdout.getvalue(), stderr.getvalue())
+
+
+@dataclass(frozen=True)
+class Exported:
+    """An artifact written by the export flow, its manifest beside it, and the manifest's content."""
+
+    artifact: Path
+    manifest_path: Path
+    manifest: dict[str, Any]
+
+
+class ArtifactCache:
+    """Builds each artifact once per test run. The first test worker to ask builds it under a file lock; the
+    other one waits for it and reads the same folder. A failed build is recorded, so it fails once, not twice."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def folder(self, key: str, build: Callable[[Path], None]) -> Path:
+        """The folder ``build`` filled for ``key`` (in this run, by whichever worker came first)."""
+        folder, done, failed = self.root / key, self.root / f"{key}.built", self.root / f"{key}.failed"
+        with FileLock(str(self.root / f"{key}.lock")):
+            if failed.exists():
+                pytest.fail(f"building {key} failed in an earlier test: {failed.read_text()}")
+            if not done.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+                try:
+                    build(folder)
+                except Exception as e:
+                    failed.write_text(f"{type(e).__name__}: {e}")
+                    raise
+                done.touch()
+        return folder
+
+    def export(
+        self,
+        model: str,
+        target: str | None = None,
+        recipe: str | None = None,
+        size: int | tuple[int, int] | None = None,
+        vs_fp32: bool = False,
+        calib_count: int = 4,
+        **options: Any,
+    ) -> Exported:
+        """``edgevit.export.export_model`` once per run for these arguments (the target defaults to the recipe's).
+        The fp32 twin of an int8 artifact (one more export and four timed processes) is off unless asked for;
+        calibration uses 4 photos."""
+        from edgevit.export import export_model
+        from edgevit.quant.flow import QuantizeRequest
+        from edgevit.recipe import get_recipe
+
+        target = target or (get_recipe(recipe).target if recipe else "executorch")
+
+        size_name = "default" if size is None else (f"{size[0]}x{size[1]}" if isinstance(size, tuple) else str(size))
+        parts = [model, recipe or target, size_name, f"calib{calib_count}"]
+        parts += ["vs_fp32"] * vs_fp32 + [f"{k}={v}" for k, v in sorted(options.items())]
+        key = "-".join(parts)
+
+        def build(folder: Path) -> None:
+            export_model(
+                model,
+                target,
+                recipe=recipe,
+                input_size=size,
+                output_dir=folder,
+                vs_fp32=vs_fp32,
+                quantize_request=QuantizeRequest(calib_count=calib_count),
+                **options,
+            )
+
+        folder = self.folder(key, build)
+        (manifest_path,) = folder.glob("*.manifest.json")
+        manifest = json.loads(manifest_path.read_text())
+        return Exported(folder / manifest["artifact"]["file"], manifest_path, manifest)
+
+
+def rerun(exported: Exported) -> dict[str, Any]:
+    """Run a shared artifact in its host runtime, in the calling test, on the photos its manifest names, against
+    the model it was exported from (rebuilt from the manifest's seed): the figures of the manifest's numerics."""
+    from edgevit.export import manifest_input_size, verify_numerics
+    from edgevit.models import create_model
+
+    manifest = exported.manifest
+    spec = get_entry(manifest["model"]).input_spec
+    size = manifest_input_size(manifest["input"])
+    photos = load_images(None, spec, size, limit=len(manifest["numerics"]["images"]))
+    torch.manual_seed(manifest["weights"]["seed"])
+    model = create_model(manifest["model"], input_size=size).eval()
+    with torch.no_grad():
+        reference = model(photos).numpy()
+    return verify_numerics(exported.artifact, reference, photos.numpy(), spec)
+
+
 @pytest.fixture(scope="session")
-def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
-    """A tiny LVT exported to .pte, .tflite, .onnx and .mlpackage (64x64 input, 10 classes)."""
+def artifact_cache(tmp_path_factory) -> ArtifactCache:
+    base = tmp_path_factory.getbasetemp()
+    # under xdist each worker has its own base folder inside the run's one: the run's folder is shared
+    run_folder = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return ArtifactCache(run_folder / "shared-artifacts")
+
+
+@pytest.fixture(scope="session")
+def full_width(artifact_cache) -> Callable[[str, str], Exported]:
+    """The one full-width export of each family to each target (lvt and mmvit_xs at 224, random init): their
+    real widths matter for numerics and audits, which 16-channel toys do not show."""
+
+    def exported(model: str, target: str) -> Exported:
+        assert model in ("lvt", "mmvit_xs"), "one full-width model per family"
+        return artifact_cache.export(model, target, size=224)
+
+    return exported
+
+
+def audit_path(artifact: Path) -> Path:
+    """Where a shared artifact's export audit is kept (``tiny.pte`` -> ``tiny.pte.audit.json``)."""
+    return artifact.with_name(artifact.name + ".audit.json")
+
+
+def write_exported(exported, path: Path) -> None:
+    """Write an exported artifact and the audit its export made."""
+    exported.write(path)
+    audit_path(path).write_text(json.dumps(exported.audit))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(artifact_cache) -> dict[str, Path]:
+    """``tiny_lvt()`` through each target's default recipe to .pte, .tflite, .onnx and .mlpackage (64x64 input,
+    10 classes); each export's audit is beside its artifact (``audit_path``)."""
     from edgevit.lowering import lower
     from edgevit.recipe import default_recipe
     from edgevit.targets import list_targets
 
-    folder = tmp_path_factory.mktemp("tiny-artifacts")
-    x = torch.randn(1, 3, 64, 64)
-    paths = {}
-    for target in list_targets():
-        paths[target.suffix] = folder / f"tiny{target.suffix}"
-        target.export(lower(tiny_lvt(), target.name), x, default_recipe(target.name)).write(paths[target.suffix])
-    return paths
+    def build(folder: Path) -> None:
+        x = torch.randn(1, 3, 64, 64)
+        for target in list_targets():
+            artifact = target.export(lower(tiny_lvt(), target.name), x, default_recipe(target.name))
+            write_exported(artifact, folder / f"tiny{target.suffix}")
+
+    folder = artifact_cache.folder("tiny-lvt", build)
+    return {target.suffix: folder / f"tiny{target.suffix}" for target in list_targets()}
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits") / "all"
-    proc = run_cli("datasets", "digits", str(root))
-    assert proc.returncode == 0, proc.stderr
-    assert "1437 training and 360 held-out images" in proc.stdout
-    return root
+def digits(artifact_cache):
+    def build(folder: Path) -> None:
+        result = run_cli_here("datasets", "digits", str(folder / "all"))
+        assert result.returncode == 0, result.stderr
+        assert "1437 training and 360 held-out images" in result.stdout
+
+    return artifact_cache.folder("digits", build) / "all"
 
 
 @pytest.fixture(scope="session")
-def small(digits, tmp_path_factory):
+def small(digits, artifact_cache):
     """Three digits, 12 training and 6 held-out images each: a QAT run in seconds."""
-    root = tmp_path_factory.mktemp("small")
-    for split, count in (("train", 12), ("val", 6)):
-        for digit in "012":
-            target = root / split / digit
-            target.mkdir(parents=True)
-            for path in sorted((digits / split / digit).iterdir())[:count]:
-                shutil.copy(path, target / path.name)
-    return root
+
+    def build(root: Path) -> None:
+        for split, count in (("train", 12), ("val", 6)):
+            for digit in "012":
+                target = root / split / digit
+                target.mkdir(parents=True)
+                for path in sorted((digits / split / digit).iterdir())[:count]:
+                    shutil.copy(path, target / path.name)
+
+    return artifact_cache.folder("small-digits", build)

@@ -10,7 +10,7 @@ import pytest
 from edgevit.bench.op_profile import WRAPPERS, summarize
 from edgevit.errors import EdgevitError
 
-from .conftest import run_cli
+from .conftest import run_cli, run_cli_here
 
 FAST = ("--warmup", "1", "--runs", "5", "--min-seconds", "0")
 
@@ -105,7 +105,7 @@ def test_bench_input_errors_are_one_line(tmp_path, tiny_artifacts):
         (("bench", str(tiny_artifacts[".onnx"]), "--device", "iphone"), "Apple device"),
     ]
     for args, message in cases:
-        proc = run_cli(*args)
+        proc = run_cli_here(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr
@@ -123,11 +123,11 @@ def test_a_corrupt_artifact_fails_its_record_and_the_run(tmp_path, tiny_artifact
 
 
 def test_devices_lists_and_validates_profiles(tmp_path):
-    proc = run_cli("devices", "--json")
+    proc = run_cli_here("devices", "--json")
     assert proc.returncode == 0, proc.stderr
     kinds = {p["name"]: p["kind"] for p in json.loads(proc.stdout)}
     assert kinds["host"] == "host" and kinds["android"] == "android" and kinds["iphone"] == "apple"
     (tmp_path / "devices").mkdir()  # the user folder under $EDGEVIT_HOME
     (tmp_path / "devices" / "mine.yaml").write_text("name: mine\nkind: android\nthreads: 0\n")
-    bad = run_cli("devices", env={"EDGEVIT_HOME": str(tmp_path)})
+    bad = run_cli_here("devices", env={"EDGEVIT_HOME": str(tmp_path)})
     assert bad.returncode == 2 and "field 'threads' must be a positive integer" in bad.stderr

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,30 +17,32 @@ from edgevit.runtime import open_runner
 from edgevit.targets import executorch as et
 from edgevit.targets.audit import check_gates, raise_on_failures
 
-from .conftest import tiny_lvt
+from .conftest import audit_path, tiny_lvt, write_exported
 
 RECIPE = get_recipe("executorch-xnnpack-fp32")
 
 
 @pytest.fixture(scope="module")
-def tiny_exports(tmp_path_factory):
-    """The tiny LVT (GAP head and class-attention head) lowered and exported, plus the naive export."""
+def tiny_exports(artifact_cache, tiny_artifacts):
+    """The tiny LVT (GAP head and class-attention head) lowered and exported as (model, audit, path), plus the
+    audit of the naive export; built once per run (the GAP head's .pte is the shared tiny one)."""
+
+    def build(folder: Path) -> None:
+        x = torch.randn(1, 3, 64, 64)
+        write_exported(et.export(lower(tiny_lvt(True), "executorch"), x, RECIPE), folder / "tiny-cls.pte")
+        audit_path(folder / "naive.pte").write_text(json.dumps(et.export(tiny_lvt(False), x, RECIPE).audit))
+
+    folder = artifact_cache.folder("tiny-lvt-executorch", build)
     out = {}
-    x = torch.randn(1, 3, 64, 64)
-    for ca in (False, True):
-        model = tiny_lvt(ca)
-        artifact = et.export(lower(model, "executorch"), x, RECIPE)
-        path = tmp_path_factory.mktemp("pte") / f"tiny-{ca}.pte"
-        artifact.write(path)
-        out[ca] = (model, artifact, path)
-    out["naive"] = et.export(tiny_lvt(False), x, RECIPE)
+    for ca, path in ((False, tiny_artifacts[".pte"]), (True, folder / "tiny-cls.pte")):
+        out[ca] = (tiny_lvt(ca), json.loads(audit_path(path).read_text()), path)
+    out["naive"] = json.loads(audit_path(folder / "naive.pte").read_text())
     return out
 
 
 @pytest.mark.parametrize("ca", [False, True])
 def test_lowered_export_is_one_partition_with_nothing_outside(tiny_exports, ca):
-    _, artifact, _ = tiny_exports[ca]
-    audit = artifact.audit
+    _, audit, _ = tiny_exports[ca]
     assert audit["partitions"] == 1
     assert audit["ops_outside"] == {}
     assert audit["delegated_share"] == 1.0
@@ -59,7 +64,7 @@ def test_pte_runs_and_matches_pytorch_on_photos(tiny_exports, photos_64, ca):
 
 
 def test_naive_export_fails_the_gates_naming_the_op(tiny_exports):
-    audit = tiny_exports["naive"].audit
+    audit = tiny_exports["naive"]
     assert audit["partitions"] > 1 and audit["ops_outside"]
     failures = check_gates(audit, None, RECIPE.gates, RECIPE.name)
     assert any("partitions" in f for f in failures)

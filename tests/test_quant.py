@@ -27,7 +27,7 @@ from edgevit.runtime import open_runner
 from edgevit.targets import executorch as et
 from edgevit.targets import get_target
 
-from .conftest import run_cli, tiny_lvt
+from .conftest import run_cli, run_cli_here, tiny_lvt
 
 X = torch.randn(1, 3, 64, 64)
 
@@ -47,7 +47,7 @@ def test_calibration_input_errors(tmp_path):
     ]
     out = tmp_path / "out"
     for folder, message in cases:
-        proc = run_cli(
+        proc = run_cli_here(
             "export",
             "lvt",
             "--recipe",
@@ -60,7 +60,7 @@ def test_calibration_input_errors(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()  # nothing written, not even the folder
-    zero = run_cli("export", "lvt", "--recipe", "executorch-xnnpack-int8", "--calib-count", "0")
+    zero = run_cli_here("export", "lvt", "--recipe", "executorch-xnnpack-int8", "--calib-count", "0")
     assert zero.returncode == 2 and "calib-count" in zero.stderr
 
 

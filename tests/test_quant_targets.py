@@ -1,8 +1,7 @@
-"""The int8 recipes of TFLite, ONNX and Core ML, exported through the CLI and run in their real runtimes."""
+"""The int8 recipes of TFLite, ONNX and Core ML on LVT's real widths (at 64x64), each exported once per run and run
+in its real runtime."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -10,25 +9,29 @@ import pytest
 from edgevit.runtime import open_runner
 from edgevit.targets.tflite_io import float_io
 
-from .conftest import run_cli
-
-ARGS = ("--input-size", "64", "--num-images", "4", "--calib-count", "4", "--json")
+from .conftest import ArtifactCache, Exported, rerun
 
 
-def export_json(recipe: str, out) -> dict:
-    proc = run_cli("export", "lvt", "--recipe", recipe, *ARGS, "--output-dir", str(out))
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+def lvt_int8(artifact_cache: ArtifactCache, recipe: str, **options) -> Exported:
+    """LVT at 64x64 through an int8 recipe, calibrated and verified on 4 photos."""
+    return artifact_cache.export("lvt", recipe=recipe, size=64, num_images=4, **options)
 
 
-def test_tflite_full_integer_and_its_float_io_twin(tmp_path, photos_64):
-    manifest = export_json("tflite-int8", tmp_path)
+def assert_reruns_as_its_manifest_says(exported: Exported) -> None:
+    numerics = rerun(exported)
+    assert numerics["runtime"] == exported.manifest["numerics"]["runtime"]
+    assert numerics["sqnr_db"] == pytest.approx(exported.manifest["numerics"]["sqnr_db"], abs=0.01)
+
+
+def test_tflite_full_integer_and_its_float_io_twin(tmp_path, photos_64, artifact_cache):
+    exported = lvt_int8(artifact_cache, "tflite-int8")
+    manifest = exported.manifest
     assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["audit"]["all_builtin"]
     # the app feeds int8: the manifest says how to quantize the normalised image and read the logits
     assert manifest["input"]["dtype"] == "int8" and manifest["output"]["dtype"] == "int8"
     scale, zero_point = manifest["input"]["quantization"]["scale"], manifest["input"]["quantization"]["zero_point"]
     assert 0 < scale < 1 and -128 <= zero_point <= 127
-    artifact = tmp_path / "lvt-tflite-int8.tflite"
+    artifact = exported.artifact
     assert manifest["audit"]["ops"].get("FULLY_CONNECTED", 0) > 0 and manifest["quantization"]["io"] == "int8"
 
     # float I/O: the same int8 model behind a QUANTIZE and a DEQUANTIZE gives the same logits
@@ -40,22 +43,26 @@ def test_tflite_full_integer_and_its_float_io_twin(tmp_path, photos_64):
     np.testing.assert_allclose(float_io_runner.run_batch(x), int8_io.run_batch(x), atol=1e-6)
 
 
-def test_tflite_dynamic_int8_runs_in_litert(tmp_path):
-    manifest = export_json("tflite-dynamic-int8", tmp_path)
+def test_tflite_dynamic_int8_runs_in_litert(artifact_cache):
+    exported = lvt_int8(artifact_cache, "tflite-dynamic-int8", vs_fp32=True)
+    manifest = exported.manifest
     assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["input"]["dtype"] == "float32"
     assert manifest["audit"]["runtime_error"] == "" and manifest["quantization"]["vs_fp32"]["size_ratio"] < 0.5
+    assert_reruns_as_its_manifest_says(exported)
 
 
-def test_onnx_int8_is_qdq_with_the_norms_float(tmp_path):
+def test_onnx_int8_is_qdq_with_the_norms_float(artifact_cache):
     import onnx
 
     from edgevit.quant.onnx_qdq import float_node_names
 
-    manifest = export_json("onnx-int8", tmp_path)
+    exported = lvt_int8(artifact_cache, "onnx-int8")
+    manifest = exported.manifest
     ops = manifest["audit"]["ops"]
     assert ops.get("QuantizeLinear", 0) > 0 and ops.get("DequantizeLinear", 0) > 0
     assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["numerics"]["runtime"] == "onnxruntime"
-    model = onnx.load(str(tmp_path / "lvt-onnx-int8.onnx"))
+    assert_reruns_as_its_manifest_says(exported)
+    model = onnx.load(str(exported.artifact))
     kept = set(float_node_names(model, ()))
     assert kept  # LayerNorm statistics and CSA's softmax, found through the exporter's metadata
     produced_by = {out: node for node in model.graph.node for out in node.output}
@@ -73,8 +80,8 @@ def test_onnx_int8_is_qdq_with_the_norms_float(tmp_path):
 
 
 @pytest.mark.parametrize("recipe", ["coreml-w8a8"])
-def test_coreml_w8a8_converts_and_gates_on_the_simulated_graph(tmp_path, recipe):
-    manifest = export_json(recipe, tmp_path)
+def test_coreml_w8a8_converts_and_gates_on_the_simulated_graph(artifact_cache, recipe):
+    manifest = lvt_int8(artifact_cache, recipe).manifest
     ops = manifest["audit"]["ops"]
     assert ops.get("quantize", 0) > 0 and ops.get("constexpr_affine_dequantize", 0) > 0
     assert manifest["audit"]["transposes"] <= 20 and manifest["audit"]["max_rank"] <= 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -15,7 +16,7 @@ from edgevit.runtime import host_cannot_run, open_runner
 from edgevit.targets import coreml, get_target, onnx, tflite
 from edgevit.targets.audit import check_gates
 
-from .conftest import tiny_lvt
+from .conftest import audit_path, rerun, tiny_lvt
 
 X = torch.randn(1, 3, 64, 64)
 
@@ -44,16 +45,14 @@ def test_training_form_onnx_needs_col2im():
 
 
 @pytest.fixture(scope="module")
-def coreml_tiny(tmp_path_factory):
-    artifact = coreml.export(lower(tiny_lvt(), "coreml"), X, get_recipe("coreml-fp16"))
-    path = tmp_path_factory.mktemp("coreml") / "tiny.mlpackage"
-    artifact.write(path)
-    return artifact, path
+def coreml_tiny(tiny_artifacts):
+    """The shared tiny LVT in coreml-fp16: (its export's audit, path)."""
+    path = tiny_artifacts[".mlpackage"]
+    return json.loads(audit_path(path).read_text()), path
 
 
 def test_coreml_program_has_no_banned_op_and_rank_at_most_4(coreml_tiny):
-    artifact, path = coreml_tiny
-    audit = artifact.audit
+    audit, path = coreml_tiny
     recipe = get_recipe("coreml-fp16")
     assert audit["max_rank"] <= 4
     assert not set(audit["ops"]) & set(recipe.gates.banned_ops)
@@ -75,9 +74,9 @@ def test_coreml_transpose_gate_fails_a_channels_last_graph():
 
 
 def test_bare_mlpackage_audit_matches_the_export_audit(coreml_tiny):
-    artifact, path = coreml_tiny
+    audit, path = coreml_tiny
     bare = audit_file(path)
-    assert bare["ops"] == artifact.audit["ops"] and bare["max_rank"] == artifact.audit["max_rank"]
+    assert bare["ops"] == audit["ops"] and bare["max_rank"] == audit["max_rank"]
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="Core ML predicts on macOS")
@@ -122,26 +121,50 @@ def test_training_form_tflite_needs_a_scatter_the_runtime_cannot_run():
 
 def test_coreml_fp32_recipe_computes_in_fp32(coreml_tiny):
     audit = coreml.export(lower(tiny_lvt(), "coreml"), X, get_recipe("coreml-fp32")).audit
-    assert audit["fp16_share"] == 0.0 and coreml_tiny[0].audit["fp16_share"] > 0.9
-    assert audit["ops"] == {op: n for op, n in coreml_tiny[0].audit["ops"].items() if op != "cast"}
+    assert audit["fp16_share"] == 0.0 and coreml_tiny[0]["fp16_share"] > 0.9
+    assert audit["ops"] == {op: n for op, n in coreml_tiny[0]["ops"].items() if op != "cast"}
+
+
+@pytest.mark.parametrize("target", ["executorch", "tflite", "onnx", "coreml"])
+def test_lvt_at_full_width_exports_to_every_target(full_width, target):
+    """LVT's real widths at 224 through each target's default recipe, with LVT's gates: one XNNPACK partition,
+    builtin-only TFLite, Core ML with at most 20 transposes, rank <= 4; run here in each runtime that can."""
+    exported = full_width("lvt", target)
+    manifest, audit = exported.manifest, exported.manifest["audit"]
+    assert manifest["gates"]["passed"] and audit["max_rank"] <= 4
+    assert manifest["input"]["shape"][1:] in ([3, 224, 224], [224, 224, 3])
+    if target == "executorch":
+        assert audit["partitions"] == 1 and not audit["ops_outside"]
+    if target == "tflite":
+        assert audit["all_builtin"] and audit["runtime_error"] == ""
+    if target == "coreml":
+        assert audit["transposes"] <= 20 and audit["ops"]["layer_norm"] > 0
+        assert manifest["numerics"]["skipped"].startswith("Core ML prediction needs macOS")
+        return
+    numerics = rerun(exported)  # the artifact in its runtime, in this test
+    gates = get_recipe(manifest["recipe"]["name"]).gates
+    assert numerics["runtime"] == manifest["numerics"]["runtime"]
+    assert numerics["max_abs_diff"] <= gates.max_abs_diff and numerics["sqnr_db"] >= gates.min_sqnr_db, numerics
+    assert numerics["top1_agreement"] == 1.0
 
 
 @pytest.mark.parametrize(
     "recipe_name,constexpr_op",
     [("coreml-w8", "constexpr_affine_dequantize"), ("coreml-palettize4", "constexpr_lut_to_dense")],
 )
-def test_coreml_weight_compression(tmp_path, recipe_name, constexpr_op):
+def test_coreml_weight_compression(tmp_path, full_width, recipe_name, constexpr_op):
+    """On LVT's real weights: coremltools leaves small tensors uncompressed, so a toy would show nothing."""
     from edgevit.fileio import path_size
     from edgevit.models import create_model
 
+    plain = full_width("lvt", "coreml")  # the same model in coreml-fp16, shared with the test above
+    assert plain.manifest["recipe"]["name"] == "coreml-fp16"
+    torch.manual_seed(plain.manifest["weights"]["seed"])
     deploy = lower(create_model("lvt").eval(), "coreml")
-    x = torch.randn(1, 3, 224, 224)
-    plain = coreml.export(deploy, x, get_recipe("coreml-fp16"))
-    packed = coreml.export(deploy, x, get_recipe(recipe_name))
+    packed = coreml.export(deploy, torch.randn(1, 3, 224, 224), get_recipe(recipe_name))
     assert packed.audit["ops"][constexpr_op] > 50 and packed.audit["compression"] == recipe_name.split("-")[1]
-    plain.write(tmp_path / "plain.mlpackage")
     packed.write(tmp_path / "packed.mlpackage")
-    assert path_size(tmp_path / "packed.mlpackage") < 0.6 * path_size(tmp_path / "plain.mlpackage")
+    assert path_size(tmp_path / "packed.mlpackage") < 0.6 * path_size(plain.artifact)
 
 
 def test_coreml_image_input_and_classifier_outputs():
