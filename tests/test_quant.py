@@ -135,7 +135,12 @@ def test_int8_export_end_to_end_with_gate(tmp_path):
     assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["gates"]["passed"]
     audit = manifest["audit"]
     assert audit["partitions"] == 1 and not audit["ops_outside"] and audit["ops_delegated"]["quantize_per_tensor"] > 0
-    # a threshold int8 cannot meet fails the export and names the figure
+
+
+def test_int8_export_below_its_sqnr_gate_fails_and_names_the_blocks(tmp_path):
+    """A threshold int8 cannot meet fails the export and names the figure (apart from the test above, so the two
+    slow exports run on both test workers at once)."""
+    args = ("--input-size", "64", "--num-images", "4", "--calib-count", "4", "--output-dir", str(tmp_path))
     strict = tmp_path / "strict.yaml"
     strict.write_text(
         "name: strict-int8\ntarget: executorch\nprecision: int8\n"
