@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -152,14 +153,23 @@ def audit_pte_file(path: Path) -> dict[str, Any]:
     }
 
 
-def pte_backends(path: Path) -> set[str]:
+def pte_backends(path: Path) -> frozenset[str]:
     """Backend ids of the delegates inside a .pte (empty when the file cannot be parsed)."""
+    stat = path.stat()
+    return _pte_backends(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _pte_backends(path: str, mtime_ns: int, size: int) -> frozenset[str]:
+    """Parsed once per file version: checking whether the host can run a .pte precedes every runner's load."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     try:
-        return {d.id for d in deserialize_pte_binary(path.read_bytes()).program.execution_plan[0].delegates}
+        return frozenset(
+            d.id for d in deserialize_pte_binary(Path(path).read_bytes()).program.execution_plan[0].delegates
+        )
     except Exception:  # a corrupt file: the runner's own load reports it
-        return set()
+        return frozenset()
 
 
 class ExecuTorchTarget(Target):
