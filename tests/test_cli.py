@@ -25,15 +25,16 @@ from .conftest import EDGEVIT, run_cli
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """`edgevit export lvt` with a checkpoint the test writes itself (full size, 224x224)."""
+    """`edgevit export lvt_test` with a checkpoint the test writes itself (the full-width exports are in
+    test_targets; this one is about the command)."""
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(123)
-    ckpt = root / "lvt.pth.tar"
-    torch.save({"state_dict": create_model("lvt").state_dict(), "epoch": 1}, ckpt)
+    ckpt = root / "lvt_test.pth.tar"
+    torch.save({"state_dict": create_model("lvt_test").state_dict(), "epoch": 1}, ckpt)
     out = root / "out"
     proc = run_cli(
         "export",
-        "lvt",
+        "lvt_test",
         "--target",
         "executorch",
         "--checkpoint",
@@ -51,8 +52,8 @@ def test_export_writes_a_fully_delegated_pte_and_its_manifest(exported):
     proc, out, ckpt = exported
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    pte = out / "lvt-executorch-xnnpack-fp32.pte"
-    manifest_path = out / "lvt-executorch-xnnpack-fp32.manifest.json"
+    pte = out / "lvt_test-executorch-xnnpack-fp32.pte"
+    manifest_path = out / "lvt_test-executorch-xnnpack-fp32.manifest.json"
     assert result["artifact_path"] == str(pte) and pte.is_file() and manifest_path.is_file()
     assert sorted(p.name for p in out.iterdir()) == [manifest_path.name, pte.name]  # no temp files left
 
@@ -64,7 +65,7 @@ def test_export_writes_a_fully_delegated_pte_and_its_manifest(exported):
     assert manifest["numerics"]["samples"] == 4 and manifest["numerics"]["runtime"] == "executorch"
     assert manifest["numerics"]["max_abs_diff"] < 1e-4 and manifest["numerics"]["top1_agreement"] == 1.0
     assert manifest["lowering"]["vs_training_form"]["max_abs_diff"] <= 1e-4
-    assert manifest["input"]["shape"] == [1, 3, 224, 224]
+    assert manifest["input"]["shape"] == [1, 3, 64, 64]
     assert manifest["input"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
     assert manifest["weights"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert manifest["gates"] == {"passed": True, "failures": [], "overridden": False}
@@ -73,11 +74,11 @@ def test_export_writes_a_fully_delegated_pte_and_its_manifest(exported):
 
 def test_exported_pte_computes_the_checkpoint_model(exported):
     _, out, ckpt = exported
-    model = create_model("lvt", checkpoint=ckpt).eval()
-    photos = load_images(None, get_entry("lvt").input_spec, 224, limit=2)
+    model = create_model("lvt_test", checkpoint=ckpt).eval()
+    photos = load_images(None, get_entry("lvt_test").input_spec, 64, limit=2)
     with torch.no_grad():
         ref = model(photos).numpy()
-    got = open_runner(out / "lvt-executorch-xnnpack-fp32.pte").run_batch(photos.numpy())
+    got = open_runner(out / "lvt_test-executorch-xnnpack-fp32.pte").run_batch(photos.numpy())
     assert np.abs(ref - got).max() < 1e-4
 
 
@@ -186,9 +187,9 @@ def test_help_explains_export(cli):
 def test_sigterm_during_export_leaves_nothing_behind(tmp_path):
     """`kill` while the candidate .pte is being verified: the run unwinds as Ctrl-C does, exit 143."""
     out = tmp_path / "out"
-    args = ["export", "lvt", "--input-size", "64", "--num-images", "16", "--output-dir", str(out)]
+    args = ["export", "lvt_test", "--num-images", "16", "--output-dir", str(out)]
     proc = subprocess.Popen([*EDGEVIT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    partial = out / ".lvt-executorch-xnnpack-fp32.partial.pte"
+    partial = out / ".lvt_test-executorch-xnnpack-fp32.partial.pte"
     deadline = time.monotonic() + 600
     while not partial.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -200,13 +201,20 @@ def test_sigterm_during_export_leaves_nothing_behind(tmp_path):
     assert list(out.iterdir()) == []
 
 
-def test_target_all_exits_3_when_a_target_fails(tmp_path):
-    """Every target's artifact already exists: each one fails on its own, and the run says so by its exit code."""
-    names = ["lvt-executorch-xnnpack-fp32.pte", "lvt-tflite-fp32.tflite", "lvt-onnx-fp32.onnx"]
-    for name in names + ["lvt-coreml-fp16.mlpackage"]:
-        (tmp_path / name).write_bytes(b"kept")
-    proc = run_cli("export", "lvt", "--target", "all", "--input-size", "64", "--output-dir", str(tmp_path), "--json")
-    assert proc.returncode == 3, proc.stderr
-    rows = json.loads(proc.stdout)
-    assert [r["ok"] for r in rows] == [False] * 4 and all("--force" in r["error"] for r in rows)
-    assert all((tmp_path / name).read_bytes() == b"kept" for name in names)
+def test_target_all_writes_every_target_and_exits_3_when_one_fails(tmp_path):
+    """`--target all` as a user runs it: four gated artifacts; run again, every one already exists, so each target
+    fails on its own, the files are kept, and the exit code says so."""
+    args = ("export", "lvt_test", "--target", "all", "--num-images", "2", "--output-dir", str(tmp_path), "--json")
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["target"]: row for row in json.loads(proc.stdout)}
+    assert set(rows) == {"executorch", "tflite", "onnx", "coreml"}
+    assert all(row["ok"] and row["gates"]["passed"] for row in rows.values()), rows
+    written = {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
+    assert len(written) == 8  # four artifacts and their manifests
+
+    again = run_cli(*args)
+    assert again.returncode == 3, again.stderr
+    failed = json.loads(again.stdout)
+    assert [r["ok"] for r in failed] == [False] * 4 and all("--force" in r["error"] for r in failed)
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == written

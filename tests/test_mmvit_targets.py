@@ -1,5 +1,5 @@
-"""MMViT on every target, for images (mmvit_xs at 224) and for 1-channel non-square spectrograms (through
-`edgevit export --target all`), with the same gates as LVT: one XNNPACK partition, builtin-only TFLite, Core ML
+"""MMViT on every target, for images (mmvit_xs at 224) and for 1-channel non-square spectrograms (in both deploy
+layouts), with the same gates as LVT: one XNNPACK partition, builtin-only TFLite, Core ML
 without gather/scatter, rank <= 4 and at most 20 transposes, and numerics against the training form in each
 runtime that runs here."""
 
@@ -11,16 +11,7 @@ import math
 import pytest
 import torch
 
-from .conftest import rerun, run_cli, run_cli_here
-
-
-def _export_all(model: str, size: str, out) -> dict[str, dict]:
-    proc = run_cli("export", model, "--target", "all", "--input-size", size, "--output-dir", str(out), "--json")
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    rows = {row["target"]: row for row in json.loads(proc.stdout)}
-    assert set(rows) == {"executorch", "coreml", "tflite", "onnx"}
-    assert all(row["ok"] and row["gates"]["passed"] for row in rows.values()), rows
-    return rows
+from .conftest import rerun, run_cli_here
 
 
 def _check_gates(rows: dict[str, dict]) -> None:
@@ -50,14 +41,18 @@ def test_mmvit_exports_to_every_target(full_width, target):
         assert numerics["max_abs_diff"] < 1e-3 and numerics["top1_agreement"] == 1.0, numerics
 
 
-def test_audio_config_takes_a_non_square_one_channel_map_on_every_target(tmp_path):
-    rows = _export_all("mmvit_xs_audio", "64x256", tmp_path)
+def test_audio_config_takes_a_non_square_one_channel_map_in_both_layouts(artifact_cache):
+    """The spectrogram config through each deploy layout once: tokens-last (TFLite, whose gates are the
+    strictest of the three targets that share it) and channels-first (Core ML)."""
+    exported = {t: artifact_cache.export("mmvit_xs_audio", t, size=(64, 256)) for t in ("tflite", "coreml")}
+    rows = {t: e.manifest for t, e in exported.items()}
+    assert all(row["gates"]["passed"] for row in rows.values()), rows
     _check_gates(rows)
     entry = rows["tflite"]["input"]
     assert entry["shape"] == [1, 1, 64, 256] and entry["name"] == "spectrogram"
     assert "log-mel" in entry["preprocessing"]["features"] and "photos" in entry["preprocessing"]["verified_on"]
-    assert rows["tflite"]["output"]["shape"] == [1, 527]
-    verified = run_cli_here("verify", rows["onnx"]["artifact_path"], "--num-images", "2", "--json")
+    assert rows["tflite"]["output"]["shape"] == [1, 527] and rows["coreml"]["input"]["shape"] == [1, 1, 64, 256]
+    verified = run_cli_here("verify", str(exported["tflite"].artifact), "--num-images", "2", "--json")
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["numerics"]["max_abs_diff"] < 1e-3
 

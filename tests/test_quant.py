@@ -125,32 +125,33 @@ def test_dynamic_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos
 
 
 def test_int8_export_end_to_end_with_gate(tmp_path):
+    """LVT's real widths through the CLI's int8 recipe; the fp32 twin's timing is skipped here (the ONNX int8 test
+    measures it) and the manifest says nothing of it."""
     args = ("--input-size", "64", "--num-images", "4", "--calib-count", "4", "--output-dir", str(tmp_path))
-    proc = run_cli("export", "lvt", "--recipe", "executorch-xnnpack-int8", *args, "--json")
+    proc = run_cli("export", "lvt", "--recipe", "executorch-xnnpack-int8", *args, "--no-compare-fp32", "--json")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     quant = manifest["quantization"]
-    assert quant["scheme"] == "static" and len(quant["calibration"]["images"]) == 4
-    assert quant["vs_fp32"]["size_ratio"] < 0.5 and quant["vs_fp32"]["latency_ratio"] > 0
+    assert quant["scheme"] == "static" and len(quant["calibration"]["images"]) == 4 and "vs_fp32" not in quant
     assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["gates"]["passed"]
     audit = manifest["audit"]
     assert audit["partitions"] == 1 and not audit["ops_outside"] and audit["ops_delegated"]["quantize_per_tensor"] > 0
 
 
 def test_int8_export_below_its_sqnr_gate_fails_and_names_the_blocks(tmp_path):
-    """A threshold int8 cannot meet fails the export and names the figure (apart from the test above, so the two
-    slow exports run on both test workers at once)."""
-    args = ("--input-size", "64", "--num-images", "4", "--calib-count", "4", "--output-dir", str(tmp_path))
+    """A threshold int8 cannot meet fails the export and names the figure (the tiny registered LVT: the report's
+    plumbing, not LVT's numerics)."""
+    args = ("--num-images", "4", "--calib-count", "4", "--output-dir", str(tmp_path))
     strict = tmp_path / "strict.yaml"
     strict.write_text(
         "name: strict-int8\ntarget: executorch\nprecision: int8\n"
         "options: {partitioners: [xnnpack], quantization: {scheme: static}}\ngates: {min_sqnr_db: 90}\n"
     )
-    failed = run_cli("export", "lvt", "--recipe", str(strict), *args)
+    failed = run_cli("export", "lvt_test", "--recipe", str(strict), *args)
     assert failed.returncode == 3 and "SQNR" in failed.stderr and "min 90 dB" in failed.stderr
     # with the per-block report: the worst blocks, and the blocks to keep float (most of them, for 90 dB)
     assert "most sensitive: " in failed.stderr and "pass --keep-float " in failed.stderr
-    assert not (tmp_path / "lvt-strict-int8.pte").exists()
+    assert not list(tmp_path.glob("*.pte"))
 
 
 def test_sensitivity_report_finds_the_blocks_that_pass_the_gate(photos_64):
@@ -204,3 +205,29 @@ def test_coreml_calibration_covers_every_calibration_image():
     with torch.no_grad():
         largest = calibration[2:]
         assert compare(model(largest).numpy(), quantized(largest).numpy())["sqnr_db"] >= 30
+
+
+def test_coreml_patterns_trace_to_the_graphs_the_quantizer_would_trace():
+    """The Core ML quantizer's patterns traced without TorchDynamo: the same nodes as its own strict tracer, on a
+    sample spread over every pattern a quantization asks for."""
+    from executorch.backends.apple.coreml.quantizer import _coreml_quantizer_utils as utils
+    from torchao.quantization.pt2e.utils import _get_aten_graph_module_for_pattern
+
+    from edgevit.targets.coreml import trace_pattern
+
+    quantizer = backend_quantizer("coreml", {"scheme": "static", "per_channel": True, "io": "float"})
+    asked = []
+    memoized = utils._get_aten_graph_module
+    utils._get_aten_graph_module = lambda p, x, is_cuda=False: asked.append((p, x)) or memoized(p, x, is_cuda)
+    try:
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+        quantize(model, X[:, :, :8, :8], quantizer, X[:, :, :8, :8])
+    finally:
+        utils._get_aten_graph_module = memoized
+
+    def nodes(graph_module):
+        return [(n.op, str(n.target), str(n.args), str(n.kwargs)) for n in graph_module.graph.nodes]
+
+    assert len(asked) > 100
+    for pattern, example in asked[:: len(asked) // 12]:
+        assert nodes(trace_pattern(pattern, example)) == nodes(_get_aten_graph_module_for_pattern(pattern, example))

@@ -71,3 +71,45 @@ def test_layout_passes_remove_transposes_and_keep_every_output_bit(block_and_inp
     if precision == "fp32":
         with torch.no_grad():
             torch.testing.assert_close(ours_out, block(batch))
+
+
+class EveryPassFires(nn.Module):
+    """A block on which several of XNNPACK's passes change the graph: conv + batch norm + ReLU, bilinear
+    upsampling, a concat of six and max pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        y = nn.functional.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return nn.functional.max_pool2d(torch.cat([y[:, i : i + 1] for i in range(6)], dim=1), 2)
+
+
+def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_same(monkeypatch):
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+    from executorch.exir.pass_base import ExportPass
+
+    from edgevit.targets import _xnnpack_passes
+
+    # a pattern pass is skipped where one of these ops is missing: each must be in every one of its patterns
+    patterns = {"ConvertToSDPAPass": sdpa.get_graphs(), "ConvertToUpsampleBilinear2d": bilinear_2d.get_graphs_dict()}
+    for pass_class, needed in _xnnpack_passes.PATTERN_OPS.items():
+        assert all(needed <= _xnnpack_passes.graph_ops(graph) for graph in patterns[pass_class.__name__])
+
+    retraces = []
+    retrace = ExportPass.call
+    monkeypatch.setattr(ExportPass, "call", lambda self, gm: retraces.append(1) or retrace(self, gm))
+    torch.manual_seed(0)
+    model = EveryPassFires().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    example = torch.randn(1, 3, 8, 8)
+    recipe = get_recipe("executorch-xnnpack-fp32")
+    fast = et.export(model, example, recipe)
+    fast_retraces = len(retraces)
+    monkeypatch.setattr(_xnnpack_passes, "lazy", lambda pass_class: pass_class)
+    every_pass = et.export(model, example, recipe)
+    assert fast.data == every_pass.data and "upsample_bilinear2d" in fast.audit["ops_delegated"]
+    assert fast_retraces < len(retraces) - fast_retraces

@@ -12,6 +12,8 @@ from rich.table import Table
 from ..errors import EdgevitError
 from .console import describe_audit, out, print_summary, progress
 
+COMPARE_FP32_HELP = "int8 recipes: also export the fp32 twin and time both (size and latency ratios in the manifest)."
+
 EXPORT_EXAMPLES = """
 Examples:
 
@@ -70,6 +72,7 @@ def export(
         list[str] | None,
         typer.Option(help="int8 recipes: module name (fnmatch) to keep fp32, e.g. stages.0.1; repeatable."),
     ] = None,
+    compare_fp32: Annotated[bool, typer.Option(help=COMPARE_FP32_HELP)] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Export MODEL for a target: lower, (quantize,) convert, verify on real photos, gate, write artifact + manifest."""
@@ -97,6 +100,7 @@ def export(
         labels=read_labels(labels) if labels else None,
         image_input=image_input,
         quantize_request=QuantizeRequest(calib_images, calib_count, tuple(keep_float or ())),
+        vs_fp32=compare_fp32,
     )
     if target != "all":
         result = _export_one(model, target, options)

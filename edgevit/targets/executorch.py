@@ -73,11 +73,13 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
 @contextmanager
 def _xnnpack_layout_pass() -> Iterator[None]:
     """Add edgevit's layout passes to XNNPACK's own while a program is lowered (the delegate takes no extra
-    passes as an argument): one just before its channels-last pass, one after the last."""
+    passes as an argument): one just before its channels-last pass, one after the last. Every pass skips the
+    retrace where it changed nothing (``_xnnpack_passes``)."""
     from executorch.backends.xnnpack import xnnpack_preprocess
     from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import ChannelsLastTaggedReshapePass
 
     from ._xnnpack_layout import PinPermutesContiguousPass, RemoveLayoutRoundTripsPass
+    from ._xnnpack_passes import lazy
 
     base = xnnpack_preprocess.XNNPACKPassManager
 
@@ -92,6 +94,7 @@ def _xnnpack_layout_pass() -> Iterator[None]:
                     *self.passes[at:],
                     RemoveLayoutRoundTripsPass,
                 ]
+            self.passes = [lazy(p) for p in self.passes]
 
     xnnpack_preprocess.XNNPACKPassManager = PassManager
     try:

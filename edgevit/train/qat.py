@@ -208,8 +208,10 @@ def qat_export(
     force: bool = False,
     seed: int = 0,
     on_step: Callable[[str], None] = lambda _: None,
+    vs_fp32: bool = True,
 ):
-    """QAT of ``model_name`` on an image folder for ``target``'s int8 recipe, then the gated export."""
+    """QAT of ``model_name`` on an image folder for ``target``'s int8 recipe, then the gated export (with its fp32
+    twin's size and latency unless ``vs_fp32`` is off)."""
     from ..export import ExportRequest, export, output_paths, resolve_recipe
     from ..fileio import refuse_overwrite
     from ..lowering import lower
@@ -284,6 +286,7 @@ def qat_export(
         force=force,
         seed=seed,
         labels=tuple(train.classes),
+        vs_fp32=vs_fp32,
     )
     source = TrainedSource(trained, float_deploy, QuantizedDeploy(converted, quant_entry), model.cfg)
     result = export(request, on_step, source)
