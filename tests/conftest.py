@@ -188,8 +188,8 @@ def artifact_cache(tmp_path_factory) -> ArtifactCache:
 
 @pytest.fixture(scope="session")
 def full_width(artifact_cache) -> Callable[[str, str], Exported]:
-    """The one full-width export of each family to each target (lvt and mmvit_xs at 224, random init): their
-    real widths matter for numerics and audits, which 16-channel toys do not show."""
+    """The full-width exports (lvt to each target, mmvit_xs to ExecuTorch, at 224, random init), built once per
+    run: real widths matter for numerics and audits, which 16-channel toys do not show."""
 
     def exported(model: str, target: str) -> Exported:
         assert model in ("lvt", "mmvit_xs"), "one full-width model per family"
@@ -212,19 +212,27 @@ def write_exported(exported, path: Path) -> None:
 @pytest.fixture(scope="session")
 def tiny_artifacts(artifact_cache) -> dict[str, Path]:
     """``tiny_lvt()`` through each target's default recipe to .pte, .tflite, .onnx and .mlpackage (64x64 input,
-    10 classes); each export's audit is beside its artifact (``audit_path``)."""
+    10 classes); each export's audit is beside its artifact (``audit_path``). One cache entry per target, taken
+    in reverse order on the second worker, so the two workers build different ones instead of waiting."""
     from edgevit.lowering import lower
     from edgevit.recipe import default_recipe
     from edgevit.targets import list_targets
 
-    def build(folder: Path) -> None:
-        x = torch.randn(1, 3, 64, 64)
-        for target in list_targets():
+    def builder(target):
+        def build(folder: Path) -> None:
+            x = torch.randn(1, 3, 64, 64)
             artifact = target.export(lower(tiny_lvt(), target.name), x, default_recipe(target.name))
             write_exported(artifact, folder / f"tiny{target.suffix}")
 
-    folder = artifact_cache.folder("tiny-lvt", build)
-    return {target.suffix: folder / f"tiny{target.suffix}" for target in list_targets()}
+        return build
+
+    targets = list_targets()
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0":
+        targets = targets[::-1]
+    paths = {
+        t.suffix: artifact_cache.folder(f"tiny-lvt-default-{t.name}", builder(t)) / f"tiny{t.suffix}" for t in targets
+    }
+    return {t.suffix: paths[t.suffix] for t in list_targets()}
 
 
 @pytest.fixture(scope="session")

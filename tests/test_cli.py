@@ -23,65 +23,6 @@ from edgevit.runtime import open_runner
 from .conftest import EDGEVIT, run_cli
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """`edgevit export lvt_test` with a checkpoint the test writes itself (the full-width exports are in
-    test_targets; this one is about the command)."""
-    root = tmp_path_factory.mktemp("export")
-    torch.manual_seed(123)
-    ckpt = root / "lvt_test.pth.tar"
-    torch.save({"state_dict": create_model("lvt_test").state_dict(), "epoch": 1}, ckpt)
-    out = root / "out"
-    proc = run_cli(
-        "export",
-        "lvt_test",
-        "--target",
-        "executorch",
-        "--checkpoint",
-        str(ckpt),
-        "--output-dir",
-        str(out),
-        "--num-images",
-        "4",
-        "--json",
-    )
-    return proc, out, ckpt
-
-
-def test_export_writes_a_fully_delegated_pte_and_its_manifest(exported):
-    proc, out, ckpt = exported
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
-    pte = out / "lvt_test-executorch-xnnpack-fp32.pte"
-    manifest_path = out / "lvt_test-executorch-xnnpack-fp32.manifest.json"
-    assert result["artifact_path"] == str(pte) and pte.is_file() and manifest_path.is_file()
-    assert sorted(p.name for p in out.iterdir()) == [manifest_path.name, pte.name]  # no temp files left
-
-    manifest = json.loads(manifest_path.read_text())
-    assert manifest["artifact"]["sha256"] == hashlib.sha256(pte.read_bytes()).hexdigest()
-    assert manifest["artifact"]["size_bytes"] == pte.stat().st_size
-    assert manifest["audit"]["partitions"] == 1 and manifest["audit"]["ops_outside"] == {}
-    assert manifest["audit"]["max_rank"] <= 4
-    assert manifest["numerics"]["samples"] == 4 and manifest["numerics"]["runtime"] == "executorch"
-    assert manifest["numerics"]["max_abs_diff"] < 1e-4 and manifest["numerics"]["top1_agreement"] == 1.0
-    assert manifest["lowering"]["vs_training_form"]["max_abs_diff"] <= 1e-4
-    assert manifest["input"]["shape"] == [1, 3, 64, 64]
-    assert manifest["input"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
-    assert manifest["weights"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
-    assert manifest["gates"] == {"passed": True, "failures": [], "overridden": False}
-    assert manifest["versions"]["executorch"] == "1.5.1"
-
-
-def test_exported_pte_computes_the_checkpoint_model(exported):
-    _, out, ckpt = exported
-    model = create_model("lvt_test", checkpoint=ckpt).eval()
-    photos = load_images(None, get_entry("lvt_test").input_spec, 64, limit=2)
-    with torch.no_grad():
-        ref = model(photos).numpy()
-    got = open_runner(out / "lvt_test-executorch-xnnpack-fp32.pte").run_batch(photos.numpy())
-    assert np.abs(ref - got).max() < 1e-4
-
-
 def test_existing_artifact_needs_force(tmp_path):
     """As its own process: the user error is one line on stderr and exit 2, with third-party noise silenced."""
     pte = tmp_path / "lvt-executorch-xnnpack-fp32.pte"
@@ -202,19 +143,47 @@ def test_sigterm_during_export_leaves_nothing_behind(tmp_path):
 
 
 def test_target_all_writes_every_target_and_exits_3_when_one_fails(tmp_path):
-    """`--target all` as a user runs it: four gated artifacts; run again, every one already exists, so each target
-    fails on its own, the files are kept, and the exit code says so."""
-    args = ("export", "lvt_test", "--target", "all", "--num-images", "2", "--output-dir", str(tmp_path), "--json")
-    proc = run_cli(*args)
+    """`--target all` as a user runs it, with a checkpoint the test writes itself: four gated artifacts and their
+    manifests (the .pte's checked in full and run against the checkpoint's model); run again, every artifact
+    already exists, so each target fails on its own, the files are kept, and the exit code says so."""
+    torch.manual_seed(123)
+    ckpt = tmp_path / "lvt_test.pth.tar"
+    torch.save({"state_dict": create_model("lvt_test").state_dict(), "epoch": 1}, ckpt)
+    out = tmp_path / "out"
+    args = ("export", "lvt_test", "--target", "all", "--checkpoint", str(ckpt), "--num-images", "4")
+    proc = run_cli(*args, "--output-dir", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {row["target"]: row for row in json.loads(proc.stdout)}
     assert set(rows) == {"executorch", "tflite", "onnx", "coreml"}
     assert all(row["ok"] and row["gates"]["passed"] for row in rows.values()), rows
-    written = {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()}
-    assert len(written) == 8  # four artifacts and their manifests
+    written = {path: path.stat().st_mtime_ns for path in out.iterdir()}
+    assert len(written) == 8  # four artifacts and their manifests, no temp files left
 
-    again = run_cli(*args)
+    pte = out / "lvt_test-executorch-xnnpack-fp32.pte"
+    manifest = json.loads((out / "lvt_test-executorch-xnnpack-fp32.manifest.json").read_text())
+    assert rows["executorch"]["artifact_path"] == str(pte) and manifest == {
+        k: v for k, v in rows["executorch"].items() if k not in ("target", "ok", "artifact_path")
+    }
+    assert manifest["artifact"]["sha256"] == hashlib.sha256(pte.read_bytes()).hexdigest()
+    assert manifest["artifact"]["size_bytes"] == pte.stat().st_size
+    assert manifest["audit"]["partitions"] == 1 and manifest["audit"]["ops_outside"] == {}
+    assert manifest["audit"]["max_rank"] <= 4
+    assert manifest["numerics"]["samples"] == 4 and manifest["numerics"]["runtime"] == "executorch"
+    assert manifest["numerics"]["max_abs_diff"] < 1e-4 and manifest["numerics"]["top1_agreement"] == 1.0
+    assert manifest["lowering"]["vs_training_form"]["max_abs_diff"] <= 1e-4
+    assert manifest["input"]["shape"] == [1, 3, 64, 64]
+    assert manifest["input"]["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    assert manifest["weights"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert manifest["gates"] == {"passed": True, "failures": [], "overridden": False}
+    assert manifest["versions"]["executorch"] == "1.5.1"
+    model = create_model("lvt_test", checkpoint=ckpt).eval()
+    photos = load_images(None, get_entry("lvt_test").input_spec, 64, limit=2)
+    with torch.no_grad():
+        reference = model(photos).numpy()
+    assert np.abs(reference - open_runner(pte).run_batch(photos.numpy())).max() < 1e-4
+
+    again = run_cli(*args, "--output-dir", str(out), "--json")
     assert again.returncode == 3, again.stderr
     failed = json.loads(again.stdout)
     assert [r["ok"] for r in failed] == [False] * 4 and all("--force" in r["error"] for r in failed)
-    assert {path: path.stat().st_mtime_ns for path in tmp_path.iterdir()} == written
+    assert {path: path.stat().st_mtime_ns for path in out.iterdir()} == written

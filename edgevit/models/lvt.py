@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import DropPath, init_conv_fan_out, init_linear_and_norm
-from .registry import ModelEntry, register_model
+from .registry import InputSpec, ModelEntry, register_model
 
 __all__ = ["LVTConfig", "LVT", "CSA", "RASA", "ClassBlock", "LVT_CONFIGS"]
 
@@ -477,7 +477,8 @@ register_model(
     ModelEntry(
         "lvt_test",
         partial(_build, "lvt_test"),
-        description="tiny LVT (one block per stage, 10 classes) for tests and plumbing checks",
+        input_spec=InputSpec(size=64),
+        description="tiny LVT (one block per stage, 10 classes, 64x64) for tests and plumbing checks",
         filter_fn=checkpoint_filter_fn,
         test=True,
     )

@@ -401,6 +401,15 @@ MMVIT_CONFIGS: dict[str, MMViTConfig] = {
     "mmvit_test": MMViTConfig(
         dims=(8, 16, 16, 32), heads=(1, 2, 2, 4), self_blocks=(1, 0, 2, 1), num_classes=10, img_size=(64, 64)
     ),
+    # the same on a 1-channel non-square map, as the audio config takes it
+    "mmvit_audio_test": MMViTConfig(
+        dims=(8, 16, 16, 32),
+        heads=(1, 2, 2, 4),
+        self_blocks=(1, 0, 2, 1),
+        in_chans=1,
+        img_size=(64, 256),
+        num_classes=527,
+    ),
 }
 
 
@@ -467,5 +476,11 @@ _register(
     "mmvit_test",
     "tiny MMViT (four stages, 10 classes, 64x64) for tests and plumbing checks",
     InputSpec(size=64),
+    test=True,
+)
+_register(
+    "mmvit_audio_test",
+    "tiny MMViT on 1-channel 64x256 spectrograms (527 classes) for tests and plumbing checks",
+    replace(AUDIO_SPEC, size=(64, 256)),
     test=True,
 )
