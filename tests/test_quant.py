@@ -99,9 +99,10 @@ def test_float_policy_keeps_norms_and_softmax_float(static_int8):
 
 
 def test_dynamic_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos_64):
-    """The static scheme's partition and SQNR are checked on the CLI export below."""
+    """The static scheme's partition and SQNR are checked on the CLI export below. The tiny registered LVT keeps
+    about 40 dB with dynamic activations; LVT's real widths in int8 are in the TFLite and ONNX int8 tests."""
     torch.manual_seed(0)
-    model = create_model("lvt").eval()  # the real widths: a 16-channel toy quantizes far worse than LVT
+    model = create_model("lvt_test").eval()
     deploy = lower(model, "executorch")
     quantizer = backend_quantizer("executorch", {"scheme": "dynamic", "per_channel": True, "io": "float"})
     # other photos than the ones checked below
@@ -116,7 +117,7 @@ def test_dynamic_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos
     recipe = get_recipe("executorch-xnnpack-dynamic-int8")
     artifact = et.export(q, X, recipe)
     assert artifact.audit["partitions"] <= recipe.gates.max_partitions and not artifact.audit["ops_outside"]
-    path = tmp_path / "lvt-dynamic.pte"
+    path = tmp_path / "lvt_test-dynamic.pte"
     artifact.write(path)
     with torch.no_grad():
         ref = model(photos_64).numpy()
@@ -124,35 +125,34 @@ def test_dynamic_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos
     assert result["sqnr_db"] >= 20, result
 
 
-def test_int8_export_end_to_end_with_gate(tmp_path):
-    """The CLI's int8 recipe on the tiny registered LVT (LVT's real widths in int8: the dynamic .pte above and the
-    other targets' int8 tests); the fp32 twin's timing is skipped here (the ONNX int8 test measures it) and the
-    manifest says nothing of it."""
-    args = ("--num-images", "8", "--calib-count", "8", "--output-dir", str(tmp_path))
-    proc = run_cli("export", "lvt_test", "--recipe", "executorch-xnnpack-int8", *args, "--no-compare-fp32", "--json")
-    assert proc.returncode == 0, proc.stderr
-    manifest = json.loads(proc.stdout)
-    quant = manifest["quantization"]
-    assert quant["scheme"] == "static" and len(quant["calibration"]["images"]) == 8 and "vs_fp32" not in quant
-    assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["gates"]["passed"]
-    audit = manifest["audit"]
-    assert audit["partitions"] == 1 and not audit["ops_outside"] and audit["ops_delegated"]["quantize_per_tensor"] > 0
-
-
-def test_int8_export_below_its_sqnr_gate_fails_and_names_the_blocks(tmp_path):
-    """A threshold int8 does not meet fails the export and names the figure (the tiny registered LVT, about 19 dB
-    with 4 calibration photos: the report's plumbing, not LVT's numerics)."""
-    args = ("--num-images", "4", "--calib-count", "4", "--output-dir", str(tmp_path))
+def test_int8_export_below_its_sqnr_gate_names_the_blocks_and_keeps_the_artifact_when_allowed(tmp_path):
+    """The CLI's static int8 path end to end (the tiny registered LVT, about 19 dB with 4 calibration photos),
+    under a 25 dB gate: the failure names the figure, the most sensitive blocks and the --keep-float set that
+    passes; --allow-gate-failures keeps the artifact and records all of it. The fp32 twin's timing is skipped
+    (the ONNX int8 test measures it), and the manifest says nothing of it."""
     strict = tmp_path / "strict.yaml"
     strict.write_text(
         "name: strict-int8\ntarget: executorch\nprecision: int8\n"
         "options: {partitioners: [xnnpack], quantization: {scheme: static}}\ngates: {min_sqnr_db: 25}\n"
     )
-    failed = run_cli("export", "lvt_test", "--recipe", str(strict), *args)
-    assert failed.returncode == 3 and "SQNR" in failed.stderr and "min 25 dB" in failed.stderr
-    # with the per-block report: the worst blocks, and the blocks to keep float that pass
-    assert "most sensitive: " in failed.stderr and "pass --keep-float " in failed.stderr
-    assert not list(tmp_path.glob("*.pte"))
+    args = ("--num-images", "4", "--calib-count", "4", "--output-dir", str(tmp_path), "--no-compare-fp32")
+    proc = run_cli("export", "lvt_test", "--recipe", str(strict), *args, "--allow-gate-failures", "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    gates = manifest["gates"]
+    assert not gates["passed"] and gates["overridden"] and len(gates["failures"]) == 1
+    failure = gates["failures"][0]
+    assert "SQNR" in failure and "min 25 dB" in failure and "most sensitive: " in failure
+    assert "pass --keep-float " in failure  # a set that passes: a real re-quantization confirmed it
+    report = manifest["quantization"]["sensitivity"]
+    assert report["fix"] and report["fix_sqnr_db"] >= 25 > report["baseline_sqnr_db"]
+
+    quant = manifest["quantization"]
+    assert quant["scheme"] == "static" and len(quant["calibration"]["images"]) == 4 and "vs_fp32" not in quant
+    assert manifest["numerics"]["sqnr_db"] < 25 and manifest["numerics"]["runtime"] == "executorch"
+    audit = manifest["audit"]
+    assert audit["partitions"] == 1 and not audit["ops_outside"] and audit["ops_delegated"]["quantize_per_tensor"] > 0
+    assert (tmp_path / "lvt_test-strict-int8.pte").is_file()
 
 
 def test_sensitivity_report_finds_the_blocks_that_pass_the_gate(photos_64):
