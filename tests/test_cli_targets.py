@@ -9,7 +9,7 @@ import pytest
 
 from edgevit.cli import run
 
-from .conftest import run_cli
+from .conftest import run_cli, run_cli_here
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_recipes_lists_every_builtin(capsys):
 def test_a_recipe_alone_picks_its_target_and_fp16_weights_halve_the_file(tmp_path, full_width):
     """LVT's real widths (against its shared fp32 .tflite: the file's size does not depend on the input size)."""
     args = ("--input-size", "64", "--num-images", "2", "--output-dir", str(tmp_path), "--json")
-    fp16 = run_cli("export", "lvt", "--recipe", "tflite-fp16", *args)  # no --target: the recipe's own
+    fp16 = run_cli_here("export", "lvt", "--recipe", "tflite-fp16", *args)  # no --target: the recipe's own
     assert fp16.returncode == 0, fp16.stderr
     half, full = json.loads(fp16.stdout), full_width("lvt", "tflite").manifest
     assert half["artifact_path"].endswith("lvt-tflite-fp16.tflite")

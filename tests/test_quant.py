@@ -19,7 +19,6 @@ from edgevit.quant.sensitivity import (
     candidate_blocks,
     describe_fix,
     sensitivity_report,
-    simulated_sqnr,
     with_blocks_float,
 )
 from edgevit.recipe import get_recipe
@@ -190,8 +189,7 @@ def test_sensitivity_report_finds_the_blocks_that_pass_the_gate(photos_64):
     # a threshold between int8 and the best single block kept float: the fix exists and really passes
     threshold = (first["baseline_sqnr_db"] + first["blocks"][0]["sqnr_db_if_float"]) / 2
     report = sensitivity_report(view, blocks, photos, reference, threshold, confirm=requantize)
-    assert report["fix"] and report["fix_sqnr_db"] >= threshold
-    assert simulated_sqnr(requantize(tuple(report["fix"])), photos, reference) >= threshold
+    assert report["fix"] and report["fix_sqnr_db"] >= threshold  # measured on a real re-quantization (confirm)
     assert "--keep-float " + report["fix"][0] in describe_fix(report)
 
 
