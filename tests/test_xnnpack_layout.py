@@ -3,6 +3,8 @@ profile) and outputs bit-identical to the program XNNPACK's own passes give, in 
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -89,10 +91,12 @@ class EveryPassFires(nn.Module):
 
 
 def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_same(monkeypatch):
+    """The two export-time savings (passes that change nothing skip their retrace, node provenance is shared)
+    leave the program byte for byte as the default lowering writes it."""
     from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
     from executorch.exir.pass_base import ExportPass
 
-    from edgevit.targets import _xnnpack_passes
+    from edgevit.targets import _provenance, _xnnpack_passes
 
     # a pattern pass is skipped where one of these ops is missing: each must be in every one of its patterns
     patterns = {"ConvertToSDPAPass": sdpa.get_graphs(), "ConvertToUpsampleBilinear2d": bilinear_2d.get_graphs_dict()}
@@ -109,7 +113,22 @@ def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_sa
     recipe = get_recipe("executorch-xnnpack-fp32")
     fast = et.export(model, example, recipe)
     fast_retraces = len(retraces)
+    # and with the node provenance copied, as torch does by default (edgevit shares it while lowering)
     monkeypatch.setattr(_xnnpack_passes, "lazy", lambda pass_class: pass_class)
+    monkeypatch.setattr(_provenance, "shared_provenance", contextlib.nullcontext)
     every_pass = et.export(model, example, recipe)
     assert fast.data == every_pass.data and "upsample_bilinear2d" in fast.audit["ops_delegated"]
     assert fast_retraces < len(retraces) - fast_retraces
+
+
+def test_provenance_is_shared_only_while_lowering():
+    import copy
+
+    from torch.fx.traceback import NodeSource
+
+    from edgevit.targets._provenance import shared_provenance
+
+    record = NodeSource(None, "a pass")
+    with shared_provenance():
+        assert copy.deepcopy(record) is record
+    assert copy.deepcopy(record) is not record and "__deepcopy__" not in NodeSource.__dict__

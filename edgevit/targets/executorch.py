@@ -60,14 +60,17 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
     """Export a deploy-form model to .pte bytes and audit what the delegate took."""
     from executorch.exir import to_edge_transform_and_lower
 
-    program = torch.export.export(model, (example,), strict=False)
-    rank, rank_op = max_tensor_rank(program.graph)
-    ops = op_counts(program.graph)
-    with _xnnpack_layout_pass():
-        edge = to_edge_transform_and_lower(program, partitioner=_partitioners(recipe))
-    audit = audit_lowered(edge.exported_program().graph_module)
-    audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
-    return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
+    from ._provenance import shared_provenance
+
+    with shared_provenance():
+        program = torch.export.export(model, (example,), strict=False)
+        rank, rank_op = max_tensor_rank(program.graph)
+        ops = op_counts(program.graph)
+        with _xnnpack_layout_pass():
+            edge = to_edge_transform_and_lower(program, partitioner=_partitioners(recipe))
+        audit = audit_lowered(edge.exported_program().graph_module)
+        audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
+        return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
 
 
 @contextmanager
