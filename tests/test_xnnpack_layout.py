@@ -96,7 +96,7 @@ def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_sa
     from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
     from executorch.exir.pass_base import ExportPass
 
-    from edgevit.targets import _provenance, _xnnpack_passes
+    from edgevit.targets import _xnnpack_passes, provenance
 
     # a pattern pass is skipped where one of these ops is missing: each must be in every one of its patterns
     patterns = {"ConvertToSDPAPass": sdpa.get_graphs(), "ConvertToUpsampleBilinear2d": bilinear_2d.get_graphs_dict()}
@@ -115,7 +115,7 @@ def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_sa
     fast_retraces = len(retraces)
     # and with the node provenance copied, as torch does by default (edgevit shares it while lowering)
     monkeypatch.setattr(_xnnpack_passes, "lazy", lambda pass_class: pass_class)
-    monkeypatch.setattr(_provenance, "shared_provenance", contextlib.nullcontext)
+    monkeypatch.setattr(provenance, "shared_provenance", contextlib.nullcontext)
     every_pass = et.export(model, example, recipe)
     assert fast.data == every_pass.data and "upsample_bilinear2d" in fast.audit["ops_delegated"]
     assert fast_retraces < len(retraces) - fast_retraces
@@ -126,7 +126,7 @@ def test_provenance_is_shared_only_while_lowering():
 
     from torch.fx.traceback import NodeSource
 
-    from edgevit.targets._provenance import shared_provenance
+    from edgevit.targets.provenance import shared_provenance
 
     record = NodeSource(None, "a pass")
     with shared_provenance():

@@ -60,7 +60,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
     """Export a deploy-form model to .pte bytes and audit what the delegate took."""
     from executorch.exir import to_edge_transform_and_lower
 
-    from ._provenance import shared_provenance
+    from .provenance import shared_provenance
 
     with shared_provenance():
         program = torch.export.export(model, (example,), strict=False)
