@@ -10,6 +10,7 @@ from typing import Any
 
 from ..fileio import remove_path
 from ..quant.flow import QuantizeRequest
+from ..targets.provenance import shared_provenance
 from .manifest import manifest_input_size
 from .request import ExportRequest, output_paths, read_labels, resolve_recipe
 from .steps import PIPELINE, ModelSource, Step, plan, verify_numerics
@@ -30,10 +31,11 @@ def export(request: ExportRequest, on_step: Step | None = None, source: ModelSou
     """
     job = plan(request, source or ModelSource(), on_step or (lambda _: None))
     try:
-        for name, step in PIPELINE:
-            start = time.perf_counter()
-            step(job)
-            job.phase_seconds[name] = time.perf_counter() - start
+        with shared_provenance():  # quantizing retraces as much as converting does (targets/provenance.py)
+            for name, step in PIPELINE:
+                start = time.perf_counter()
+                step(job)
+                job.phase_seconds[name] = time.perf_counter() - start
     finally:
         remove_path(job.candidate)
     return ExportResult(job.artifact, job.manifest_path, job.manifest)

@@ -29,7 +29,6 @@ from ..recipe import Recipe
 from ..runtime import host_cannot_run, open_runner
 from ..targets.audit import check_gates, raise_on_failures
 from ..targets.base import ExportedArtifact
-from ..targets.provenance import shared_provenance
 from ..targets.registry import Target, get_target, list_targets
 from .manifest import build_manifest
 from .request import ExportRequest, output_paths, resolve_recipe
@@ -179,8 +178,7 @@ def quantize(job: Job) -> None:
 def convert(job: Job) -> None:
     job.step(f"export ({job.recipe.name})")
     module = job.plan.module if job.plan else job.deploy
-    with shared_provenance():  # 10-20% of a conversion's time otherwise (targets/provenance.py)
-        job.exported = job.target.export(module, job.example, job.recipe)
+    job.exported = job.target.export(module, job.example, job.recipe)
     if job.plan and job.plan.rewrite:
         job.exported = job.plan.rewrite(job.exported)
 
