@@ -12,8 +12,6 @@ from rich.table import Table
 from ..errors import EdgevitError
 from .console import describe_audit, out, print_summary, progress
 
-COMPARE_FP32_HELP = "int8 recipes: also export the fp32 twin and time both (size and latency ratios in the manifest)."
-
 EXPORT_EXAMPLES = """
 Examples:
 
@@ -72,7 +70,12 @@ def export(
         list[str] | None,
         typer.Option(help="int8 recipes: module name (fnmatch) to keep fp32, e.g. stages.0.1; repeatable."),
     ] = None,
-    compare_fp32: Annotated[bool, typer.Option(help=COMPARE_FP32_HELP)] = True,
+    compare_fp32: Annotated[
+        bool,
+        typer.Option(
+            help="int8 recipes: also export the fp32 twin and time both (size and latency ratios in the manifest)."
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON on stdout.")] = False,
 ) -> None:
     """Export MODEL for a target: lower, (quantize,) convert, verify on real photos, gate, write artifact + manifest."""
