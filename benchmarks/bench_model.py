@@ -1,6 +1,6 @@
-"""One model's latency on this machine: training form in PyTorch eager, training form in onnxruntime (the
-baseline a user has today), and the lowered .pte, .tflite and .onnx; plus what the naive ExecuTorch export of
-the training form gives.
+"""One model's latency and memory on this machine: training form in PyTorch eager, training form in onnxruntime
+(the baseline a user has today), and the lowered .pte, .tflite and .onnx, and the fp16 .pte where the CPU has fp16
+arithmetic; plus what the naive ExecuTorch export of the training form gives.
 
 Each measurement runs in its own process, alternating (a b c a b c ...), because two runtimes in one process
 fight over the cores; the figure per path is the median of the per-process medians. Results go to
@@ -51,7 +51,13 @@ PATHS = {
     "pte": "(c) lowered, ExecuTorch XNNPACK .pte",
     "tflite": "(d) lowered, LiteRT .tflite (XNNPACK delegate)",
     "onnx_lowered": "(e) lowered, onnxruntime",
+    "pte_fp16": "(f) lowered, ExecuTorch XNNPACK fp16 .pte",
 }
+FP16_PATH = "pte_fp16"  # timed only on cores with fp16 arithmetic: elsewhere XNNPACK emulates it through fp32
+
+
+def timed_paths(fp16: list[str] | None) -> list[str]:
+    return [kind for kind in PATHS if kind != FP16_PATH or fp16]
 
 
 def artifact_names(model: str) -> dict[str, str]:
@@ -62,6 +68,7 @@ def artifact_names(model: str) -> dict[str, str]:
         "pte": f"{model}-executorch-xnnpack-fp32.pte",
         "tflite": f"{model}-tflite-fp32.tflite",
         "onnx_lowered": f"{model}-onnx-fp32.onnx",
+        "pte_fp16": f"{model}-executorch-xnnpack-fp16.pte",
     }
 
 
@@ -69,7 +76,10 @@ def artifact_names(model: str) -> dict[str, str]:
 
 
 def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: int) -> None:
-    """Time one path in this process and print one JSON line of millisecond samples."""
+    """Time one path in this process and print one JSON line of millisecond samples and of the memory the path
+    added: the process's peak resident set after the runs minus its resident set before the load."""
+    import resource
+
     import numpy as np
     import torch
 
@@ -78,6 +88,7 @@ def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: in
 
     shape = get_entry(model).input_spec.shape(SIZE)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    before_mb = resident_mb()
     t0 = time.perf_counter()
     if kind == "eager":
         from edgevit.models import create_model
@@ -105,7 +116,16 @@ def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: in
         s = time.perf_counter()
         run()
         samples.append((time.perf_counter() - s) * 1e3)
-    print(json.dumps({"kind": kind, "load_s": load, "samples_ms": samples}))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    print(json.dumps({"kind": kind, "load_s": load, "samples_ms": samples, "memory_mb": round(peak_mb - before_mb, 1)}))
+
+
+def resident_mb() -> float:
+    """This process's resident set now (Linux /proc), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 # -------------------------------------------------------------------------------------- orchestrator
@@ -149,6 +169,18 @@ def build_artifacts(model: str) -> dict:
                 "ops_outside": sum(manifest["audit"]["ops_outside"].values()),
             }
 
+    manifest = export_model(
+        model, recipe="executorch-xnnpack-fp16", output_dir=OUT, force=True, seed=SEED, num_images=4
+    ).manifest
+    info["fp16"] = {
+        "export_s": manifest["artifact"]["export_seconds"],
+        "size_mb": round(manifest["artifact"]["size_bytes"] / 1e6, 2),
+        "sqnr_db": manifest["numerics"]["sqnr_db"],
+        "partitions": manifest["audit"]["partitions"],
+        "ops_outside": sum(manifest["audit"]["ops_outside"].values()),
+    }
+    info["weights_mb"] = round(sum(p.numel() * p.element_size() for p in train.parameters()) / 1e6, 2)
+
     try:
         naive = et.export(train, example, get_recipe("executorch-xnnpack-fp32"))
     except Exception as e:  # the training form not exporting at all is itself the result
@@ -188,13 +220,14 @@ def build_artifacts(model: str) -> dict:
     return info
 
 
-def measure(model: str, rounds: int, runs: int, warmup: int, threads: int) -> dict:
+def measure(model: str, rounds: int, runs: int, warmup: int, threads: int, kinds: list[str]) -> dict:
     """Per-path medians over alternating processes, plus the best sgemm rate seen (noise only lowers it)."""
-    per_kind: dict[str, list[float]] = {k: [] for k in PATHS}
+    per_kind: dict[str, list[float]] = {k: [] for k in kinds}
+    memory: dict[str, list[float]] = {k: [] for k in kinds}
     sgemm: list[float] = []
     paths = {kind: str(OUT / name) if name else "" for kind, name in artifact_names(model).items()}
     for r in range(rounds):
-        for kind in PATHS:
+        for kind in kinds:
             cmd = [
                 sys.executable,
                 __file__,
@@ -214,8 +247,9 @@ def measure(model: str, rounds: int, runs: int, warmup: int, threads: int) -> di
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
             if proc.returncode:
                 raise SystemExit(f"worker {kind} failed: {proc.stderr.strip()[-400:]}")
-            samples = json.loads(proc.stdout.strip().splitlines()[-1])["samples_ms"]
-            per_kind[kind].append(statistics.median(samples))
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            per_kind[kind].append(statistics.median(result["samples_ms"]))
+            memory[kind].append(result["memory_mb"])
             print(f"round {r + 1}/{rounds} {kind:5s} median {per_kind[kind][-1]:.1f} ms", file=sys.stderr)
         proc = subprocess.run(
             [sys.executable, __file__, "--sgemm", "--threads", str(threads)],
@@ -224,7 +258,10 @@ def measure(model: str, rounds: int, runs: int, warmup: int, threads: int) -> di
             timeout=600,
         )
         sgemm.append(json.loads(proc.stdout.strip().splitlines()[-1])["gflops"])
-    timing: dict = {k: {"median_ms": statistics.median(v), "per_process_medians_ms": v} for k, v in per_kind.items()}
+    timing: dict = {
+        k: {"median_ms": statistics.median(v), "per_process_medians_ms": v, "memory_mb": statistics.median(memory[k])}
+        for k, v in per_kind.items()
+    }
     timing["sgemm_gflops"] = round(max(sgemm), 1)
     return timing
 
@@ -232,17 +269,21 @@ def measure(model: str, rounds: int, runs: int, warmup: int, threads: int) -> di
 def render(model: str, timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> str:
     base = timing["onnx"]["median_ms"]
     lines = [
-        f"`{model}` ({gmacs:.2f} GMACs) at {SIZE}x{SIZE}, batch 1, {args.threads} threads, {platform.machine()}; "
+        f"`{model}` ({gmacs:.2f} GMACs) at {SIZE}x{SIZE}, batch 1, {args.threads} threads, "
+        f"{info['cpu']} ({platform.machine()}); "
         f"median of {args.rounds} alternating processes x {args.runs} runs after {args.warmup} warm-up runs "
         f"(measured {time.strftime('%Y-%m-%d')}).",
         "",
-        "| path | median ms | vs (b) | GFLOP/s |",
-        "|---|---:|---:|---:|",
+        "| path | median ms | vs (b) | GFLOP/s | memory MB |",
+        "|---|---:|---:|---:|---:|",
     ]
     for kind, label in PATHS.items():
+        if kind not in timing:
+            lines.append(f"| {label} | not timed: {info['cpu']} has no fp16 arithmetic | | | |")
+            continue
         ms = timing[kind]["median_ms"]
         gflops = 2 * gmacs / (ms / 1e3)
-        lines.append(f"| {label} | {ms:.1f} | {ms / base:.2f}x | {gflops:.0f} |")
+        lines.append(f"| {label} | {ms:.1f} | {ms / base:.2f}x | {gflops:.0f} | {timing[kind]['memory_mb']:.0f} |")
     lines += [
         "",
         "| target (recipe) | export s | size MB | max abs diff vs PyTorch |",
@@ -260,9 +301,25 @@ def render(model: str, timing: dict, info: dict, gmacs: float, args: argparse.Na
         f"{timing['pte']['median_ms'] / floor_ms:.2f}x that floor.",
         f"(c) is {p['partitions']} XNNPACK partition(s) with {p['ops_outside']} ops outside, {p['size_mb']} MB, "
         f"exported in {p['export_s']:.0f} s, max abs diff {p['max_abs_diff']:.1e} vs PyTorch on real photos.",
+        f"Memory: the process's peak resident set after load and {args.runs + args.warmup} runs, minus its resident "
+        f"set before the load; the fp32 weights take {info['weights_mb']:.1f} MB.",
+        fp16_sentence(info["fp16"], "pte_fp16" in timing, info["cpu"]),
         naive_sentence(info["naive"]),
     ]
     return "\n".join(lines)
+
+
+def fp16_sentence(f: dict, timed: bool, cpu: str) -> str:
+    where = (
+        "timed above"
+        if timed
+        else f"not timed: {cpu} has no fp16 arithmetic, and XNNPACK would convert to fp32 and back around every op"
+    )
+    return (
+        f"(f) `executorch-xnnpack-fp16`: {f['partitions']} XNNPACK partition(s) with {f['ops_outside']} ops outside, "
+        f"SQNR {f['sqnr_db']:.1f} dB vs PyTorch fp32 on real photos, {f['size_mb']} MB (ExecuTorch keeps conv "
+        f"weights fp32 in the file; XNNPACK packs them to fp16 at load), exported in {f['export_s']:.0f} s; {where}."
+    )
 
 
 def naive_sentence(n: dict) -> str:
@@ -310,7 +367,11 @@ def bench_one(model: str, args: argparse.Namespace) -> None:
 
     gmacs = model_stats(model)["gmacs"]
     info = build_artifacts(model)
-    timing = measure(model, args.rounds, args.runs, args.warmup, args.threads)
+    from edgevit.bench.record import host_environment
+
+    host = host_environment()
+    info["cpu"] = host["cpu"]
+    timing = measure(model, args.rounds, args.runs, args.warmup, args.threads, timed_paths(host["fp16_arithmetic"]))
     info["sgemm_gflops"] = timing.pop("sgemm_gflops")
     table = render(model, timing, info, gmacs, args)
     RESULTS.mkdir(parents=True, exist_ok=True)

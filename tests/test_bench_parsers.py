@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edgevit.bench import android_env
-from edgevit.bench.cpu_features import cpu_flags, int8_dot_products
+from edgevit.bench.cpu_features import cpu_flags, fp16_arithmetic, int8_dot_products
 from edgevit.bench.parsers import parse_benchmark_model, parse_executor_runner
-from edgevit.bench.report import int8_hardware_notes
+from edgevit.bench.report import hardware_notes
 from edgevit.bench.stats import summarize
 
 DATA = Path(__file__).parent / "data" / "bench"
@@ -119,15 +119,30 @@ def test_int8_dot_products_from_cpuinfo(cpuinfo, found):
     assert int8_dot_products(cpu_flags(cpuinfo)) == found
 
 
-def test_int8_note_only_for_int8_artifacts_on_cores_without_dot_products(tmp_path):
-    for name, precision in (("m-int8", "int8"), ("m-fp32", "fp32")):
+@pytest.mark.parametrize(
+    "cpuinfo,found",
+    [
+        ("processor\t: 0\nflags\t\t: avx2 f16c avx512f avx512_bf16\n", []),  # converts fp16, no arithmetic
+        ("processor\t: 0\nflags\t\t: avx512f avx512fp16\n", ["AVX512-FP16"]),
+        ("processor\t: 0\nFeatures\t: fp asimd fphp asimdhp asimddp\n", ["Arm fp16 arithmetic (FEAT_FP16)"]),
+    ],
+)
+def test_fp16_arithmetic_from_cpuinfo(cpuinfo, found):
+    assert fp16_arithmetic(cpu_flags(cpuinfo)) == found
+
+
+def test_hardware_notes_only_for_the_precision_whose_instructions_are_missing(tmp_path):
+    for name, precision in (("m-int8", "int8"), ("m-fp32", "fp32"), ("m-fp16", "fp16")):
         (tmp_path / f"{name}.pte").write_bytes(b"")
         (tmp_path / f"{name}.manifest.json").write_text(f'{{"recipe": {{"precision": "{precision}"}}}}')
 
-    def record(name, dot, device="host"):
-        env = {"cpu": "AMD EPYC", "int8_dot_products": dot}
+    def record(name, dot, fp16=(), device="host"):
+        env = {"cpu": "AMD EPYC", "int8_dot_products": dot, "fp16_arithmetic": list(fp16)}
         return {"artifact": {"path": str(tmp_path / f"{name}.pte")}, "device": device, "environment": {"before": env}}
 
-    notes = int8_hardware_notes([record("m-fp32", []), record("m-int8", []), record("m-int8", ["AVX-VNNI"], "pc")])
+    notes = hardware_notes([record("m-fp32", []), record("m-int8", []), record("m-int8", ["AVX-VNNI"], (), "pc")])
     assert len(notes) == 1 and notes[0].startswith("host (AMD EPYC) has no int8 dot-product instructions")
-    assert int8_hardware_notes([record("m-fp32", [])]) == []
+    assert hardware_notes([record("m-fp32", [])]) == []
+    # fp16: noted where the cores lack fp16 arithmetic, whatever their int8 instructions
+    notes = hardware_notes([record("m-fp16", ["AVX-512 VNNI"]), record("m-fp16", [], ["asimdhp"], "phone")])
+    assert len(notes) == 1 and notes[0].startswith("host (AMD EPYC) has no fp16 arithmetic")

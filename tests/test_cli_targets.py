@@ -117,6 +117,7 @@ def test_recipes_lists_every_builtin(capsys):
     names = {r["name"] for r in json.loads(capsys.readouterr().out)}
     assert {
         "executorch-xnnpack-fp32",
+        "executorch-xnnpack-fp16",
         "executorch-coreml-fp16",
         "coreml-fp16",
         "coreml-fp32",

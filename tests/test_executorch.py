@@ -86,3 +86,45 @@ def test_corrupt_pte_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a program" * 100)
     with pytest.raises(EdgevitError, match="not a loadable .pte"):
         open_runner(bad)
+
+
+def test_fp16_recipe_is_one_half_precision_partition_within_40_db(tmp_path):
+    """executorch-xnnpack-fp16 through the CLI on the tiny LVT: float16 in and out, every op (GELU in its tanh
+    form) in one XNNPACK partition, run here in the real runtime; the gate is 40 dB against PyTorch fp32."""
+    from .conftest import run_cli_here
+
+    args = ("--recipe", "executorch-xnnpack-fp16", "--num-images", "4", "--output-dir", str(tmp_path), "--json")
+    proc = run_cli_here("export", "lvt_test", *args)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    audit, numerics = manifest["audit"], manifest["numerics"]
+    assert manifest["gates"]["passed"] and audit["partitions"] == 1 and not audit["ops_outside"]
+    assert "gelu" not in audit["ops_delegated"] and audit["ops_delegated"]["sigmoid"] > 0
+    assert manifest["input"]["dtype"] == manifest["output"]["dtype"] == "float16"
+    # fp16 rounding shows (an fp32 graph keeps 60+ dB more), and stays far above the gate
+    assert numerics["runtime"] == "executorch" and 40 <= numerics["sqnr_db"] < 100, numerics
+    runner = open_runner(Path(manifest["artifact_path"]))
+    out = runner.run(np.zeros(runner.input_shape, dtype=np.float32))  # the runner casts to the program's float16
+    assert out.dtype == np.float32 and out.shape == (1, 10)
+
+
+def test_fp16_gelu_is_the_tanh_form_within_fp16_rounding():
+    from edgevit.targets.fp16 import SigmoidTanhGELU, half_precision
+
+    x = torch.linspace(-12, 12, 200001, dtype=torch.float64)
+    form = SigmoidTanhGELU().double()(x)
+    torch.testing.assert_close(
+        form, torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-7, rtol=0
+    )  # fp32 constants
+    exact = torch.nn.functional.gelu(x)
+    assert (form - exact).abs().max() < 4.8e-4
+    # under half an fp16 unit in the last place wherever |GELU(x)| > 0.5
+    big = exact.abs() > 0.5
+    half_ulp = 2.0 ** (torch.floor(torch.log2(exact[big].abs())) - 11)
+    assert ((form - exact)[big].abs() < half_ulp).all()
+
+    model = lower(tiny_lvt(), "executorch")
+    half = half_precision(model)
+    assert not any(isinstance(m, torch.nn.GELU) for m in half.modules())
+    assert {p.dtype for p in half.state_dict().values()} == {torch.float16}
+    assert {p.dtype for p in model.state_dict().values()} == {torch.float32}  # the original is left as it was

@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from .adb import Adb
-from .cpu_features import cpu_flags, int8_dot_products
+from .cpu_features import cpu_flags, fp16_arithmetic, int8_dot_products
 
 _PROP = re.compile(r"^\[([^\]]+)\]: \[(.*)\]$")
 _THERMAL_STATUS = re.compile(r"Thermal Status: (\d+)")
@@ -80,8 +80,12 @@ def capture(adb: Adb) -> dict[str, Any]:
         "temperatures_c": thermal["temperatures_c"],
         "battery_c": parse_battery_temperature(adb.shell(["dumpsys", "battery"]).output),
         "cpus": parse_cpus(adb.shell_script(CPU_SCRIPT).output),
-        "int8_dot_products": int8_dot_products(cpu_flags(adb.shell(["cat", "/proc/cpuinfo"]).output)),
+        **_instruction_sets(cpu_flags(adb.shell(["cat", "/proc/cpuinfo"]).output)),
     }
+
+
+def _instruction_sets(flags: set[str]) -> dict[str, list[str]]:
+    return {"int8_dot_products": int8_dot_products(flags), "fp16_arithmetic": fp16_arithmetic(flags)}
 
 
 def big_core_mask(cpus: list[dict[str, Any]]) -> str | None:

@@ -13,15 +13,16 @@ from typing import Any
 
 from ..errors import EdgevitError
 from ..fileio import atomic_write_json, path_sha256, path_size
-from .cpu_features import cpu_flags, int8_dot_products
+from .cpu_features import cpu_flags, fp16_arithmetic, int8_dot_products
 from .stats import summarize
 
 SCHEMA = "edgevit.bench/1"
 
 
 def host_environment() -> dict[str, Any]:
-    """What makes host timings comparable: CPU and its int8 dot products, cores, OS, Python, and the load."""
-    cpu, dots = platform.processor() or platform.machine(), None  # no /proc/cpuinfo (macOS): unknown
+    """What makes host timings comparable: CPU, its int8 dot products and fp16 arithmetic, cores, OS, Python, and
+    the load."""
+    cpu, dots, fp16 = platform.processor() or platform.machine(), None, None  # no /proc/cpuinfo (macOS): unknown
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -29,13 +30,14 @@ def host_environment() -> dict[str, Any]:
     if cpuinfo is not None:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
         cpu = names[0] if names else cpu
-        dots = int8_dot_products(cpu_flags(cpuinfo))
+        dots, fp16 = int8_dot_products(cpu_flags(cpuinfo)), fp16_arithmetic(cpu_flags(cpuinfo))
     return {
         "os": platform.platform(),
         "machine": platform.machine(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "int8_dot_products": dots,
+        "fp16_arithmetic": fp16,
         "python": platform.python_version(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -53,7 +53,22 @@ def results_table(records: list[dict[str, Any]]) -> Table:
     return table
 
 
-INT8_PRECISIONS = ("int8", "dynamic-int8", "w8a8")
+# precision -> (the environment's list of the instructions it needs, what timing it without them means)
+MISSING_INSTRUCTIONS = {
+    **dict.fromkeys(
+        ("int8", "dynamic-int8", "w8a8"),
+        (
+            "int8_dot_products",
+            "no int8 dot-product instructions (x86 VNNI, Arm SDOT): its int8 GEMMs run at about fp32's pace, so "
+            "int8 gains here understate a CPU that has them",
+        ),
+    ),
+    "fp16": (
+        "fp16_arithmetic",
+        "no fp16 arithmetic (Arm FEAT_FP16, x86 AVX512-FP16): XNNPACK converts to fp32 and back around every op, "
+        "so fp16 timings here say nothing of a phone's",
+    ),
+}
 
 
 def _precision(record: dict[str, Any]) -> str | None:
@@ -67,18 +82,19 @@ def _precision(record: dict[str, Any]) -> str | None:
     return (manifest or {}).get("recipe", {}).get("precision")
 
 
-def int8_hardware_notes(records: list[dict[str, Any]]) -> list[str]:
-    """One note per device that timed an int8 artifact on cores without int8 dot-product instructions, whose
-    int8 GEMMs run at about fp32's pace: the int8 speed-up there understates a phone's."""
+def hardware_notes(records: list[dict[str, Any]]) -> list[str]:
+    """One note per device and precision timed on cores without the instructions that precision runs fast on
+    (int8 dot products, fp16 arithmetic): the speed there understates a phone's."""
     notes = {}
     for r in records:
         env = (r.get("environment") or {}).get("before") or {}
-        if env.get("int8_dot_products") == [] and r["device"] not in notes and _precision(r) in INT8_PRECISIONS:
+        precision = _precision(r)
+        if precision not in MISSING_INSTRUCTIONS:
+            continue
+        instructions, meaning = MISSING_INSTRUCTIONS[precision]
+        if env.get(instructions) == [] and (r["device"], instructions) not in notes:
             cpu = env.get("cpu") or env.get("soc") or "this CPU"
-            notes[r["device"]] = (
-                f"{r['device']} ({cpu}) has no int8 dot-product instructions (x86 VNNI, Arm SDOT): its int8 "
-                "GEMMs run at about fp32's pace, so int8 gains here understate a CPU that has them"
-            )
+            notes[r["device"], instructions] = f"{r['device']} ({cpu}) has {meaning}"
     return list(notes.values())
 
 

@@ -57,7 +57,7 @@ def bench(
     from ..bench.devices import get_profile
     from ..bench.host import Settings
     from ..bench.record import read_records, write_records
-    from ..bench.report import compare_table, int8_hardware_notes, op_profile_table, plot, results_table
+    from ..bench.report import compare_table, hardware_notes, op_profile_table, plot, results_table
     from ..bench.run import bench as run_bench
     from ..bench.run import check_artifacts
     from ..fileio import check_writable_dir
@@ -81,7 +81,7 @@ def bench(
     for r in records:
         for flag in r.get("flags", []):
             out.print(f"[yellow]{r['artifact']['name']}: {flag}[/]", highlight=False)
-    for note in int8_hardware_notes(records):
+    for note in hardware_notes(records):
         out.print(f"[yellow]{note}[/]", highlight=False)
     if old is not None:
         table, matched = compare_table(old, records)

@@ -66,7 +66,7 @@ def weights_entry(checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
 
 
 def output_entry(classes: int, audit: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": "logits", "shape": [1, classes], "dtype": "float32"}
+    entry: dict[str, Any] = {"name": "logits", "shape": [1, classes], "dtype": audit.get("output_dtype", "float32")}
     if "output" in audit.get("int8_io", {}):
         entry["dtype"] = "int8"
         entry["quantization"] = {**audit["int8_io"]["output"], "formula": "logits = (value - zero_point) * scale"}
@@ -115,6 +115,8 @@ def input_entry(spec: InputSpec, size: Size, audit: dict[str, Any], image_input:
             "mean": list(spec.mean),
             "std": list(spec.std),
         }
+    if audit.get("input_dtype") == "float16":  # an fp16 program: the app converts the normalised image
+        entry["dtype"] = "float16"
     if audit.get("input_dtype") == "int8":  # full-integer TFLite: the app quantizes the normalised image
         entry["dtype"] = "int8"
         entry["quantization"] = {**audit["int8_io"]["input"], "formula": "round(normalised / scale) + zero_point"}

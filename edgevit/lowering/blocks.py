@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layout import Layout
@@ -31,6 +30,7 @@ class DeployMlp(nn.Module):
         self.depconv = depconv
         self.fc2 = fc2
         self.layout = layout
+        self.act = nn.GELU()  # a module, so that a precision step can swap it (``targets.fp16``)
 
     @classmethod
     @torch.no_grad()
@@ -42,9 +42,9 @@ class DeployMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.depconv is None:
-            return self.fc2(F.gelu(self.fc1(x)))
+            return self.fc2(self.act(self.fc1(x)))
         x = self.depconv(self.fc1(self.layout.to_map(x)))
-        return self.layout.from_map(self.fc2(F.gelu(x)))
+        return self.layout.from_map(self.fc2(self.act(x)))
 
 
 def multi_head_attention(

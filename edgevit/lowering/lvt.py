@@ -244,6 +244,7 @@ class DeployClassBlock(nn.Module):
         self.num_heads = m.attn.num_heads
         self.norm1 = layout.norm(m.norm1)
         self.norm2 = layout.norm(m.norm2)
+        self.act = nn.GELU()
         for name, (weight, bias) in class_block_weights(m).items():  # q, k, v, proj, fc1, fc2
             setattr(self, name, layout.linear(weight, bias))
 
@@ -259,7 +260,7 @@ class DeployClassBlock(nn.Module):
         q = L.one_token_heads(self.q(L.tokens(y, 0, 1)), heads)
         attended = L.attend(q, L.split_keys(self.k(y), heads), L.split_heads(self.v(y), heads))
         cls_tok = cls_tok + self.proj(attended.reshape(cls_tok.shape))
-        cls_tok = cls_tok + self.fc2(F.gelu(self.fc1(self.norm2(cls_tok))))
+        cls_tok = cls_tok + self.fc2(self.act(self.fc1(self.norm2(cls_tok))))
         return L.cat_tokens([cls_tok, L.tokens(x, 1)])
 
 

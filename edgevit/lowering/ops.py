@@ -32,7 +32,8 @@ class LinearLayerNorm(nn.Module):
     """LayerNorm over the last axis with both reductions written as a Linear to one feature.
 
     ExecuTorch's XNNPACK delegate takes neither ``native_layer_norm`` nor ``mean`` over the last axis, but
-    it takes a fully-connected layer: mean(x) = x @ (1/C) and var(x) = (x - mean)^2 @ (1/C).
+    it takes a fully-connected layer: mean(x) = x @ (1/C) and var(x) + eps = (x - mean)^2 @ (1/C) + eps, the
+    epsilon as that layer's bias (one op fewer, and a constant that follows the model's dtype).
 
     An affine ``groups`` times ``dim`` long normalises each ``dim``-wide group of the last axis on its own
     (attention heads side by side, each with the per-head norm of MViTv2's pooling) before the affine.
@@ -45,6 +46,7 @@ class LinearLayerNorm(nn.Module):
         self.eps = eps
         self.groups = weight.shape[0] // dim
         self.register_buffer("mean_weight", torch.full((1, dim), 1.0 / dim))
+        self.register_buffer("eps_bias", torch.full((1,), float(eps)))
         self.weight = nn.Parameter(weight.detach().clone())
         self.bias = nn.Parameter(bias.detach().clone())
 
@@ -70,8 +72,7 @@ class LinearLayerNorm(nn.Module):
         if self.groups > 1:  # each group of the last axis normalised on its own, as rows of (B, N*groups, dim)
             x = x.reshape(shape[0], -1, self.mean_weight.shape[1])
         centered = x - F.linear(x, self.mean_weight)
-        var = F.linear(centered * centered, self.mean_weight)
-        normalized = centered * torch.rsqrt(var + self.eps)
+        normalized = centered * torch.rsqrt(F.linear(centered * centered, self.mean_weight, self.eps_bias))
         if self.groups > 1:
             normalized = normalized.reshape(shape)
         return normalized * self.weight + self.bias

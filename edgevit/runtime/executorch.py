@@ -17,6 +17,9 @@ with native_stderr_silenced():  # cpuinfo probes print to fd 2 at import
     from executorch.runtime import Runtime
 
 
+HALF = 5  # ExecuTorch's ScalarType code of float16 (an fp16 program takes and returns float16)
+
+
 class ExecuTorchRunner(Runner):
     name = "executorch"
 
@@ -32,16 +35,18 @@ class ExecuTorchRunner(Runner):
         except (RuntimeError, ValueError) as e:
             raise EdgevitError(f"{path} is not a loadable .pte program ({str(e).splitlines()[0][:120]})") from None
         self.load_seconds = time.perf_counter() - t0
-        self.input_shape = tuple(self._method.metadata.input_tensor_meta(0).sizes())
+        meta = self._method.metadata.input_tensor_meta(0)
+        self.input_shape = tuple(meta.sizes())
+        self._input_dtype = torch.float16 if meta.dtype() == HALF else torch.float32
         self._inputs: list[torch.Tensor] = []
         self._outputs: list[torch.Tensor] = []
 
     def bind(self, x: np.ndarray) -> None:
         # contiguous input: the runtime reads raw memory (strided inputs give wrong results)
-        self._inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
+        self._inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self._input_dtype)]
 
     def invoke(self) -> None:
         self._outputs = self._method.execute(self._inputs)
 
     def fetch(self) -> np.ndarray:
-        return self._outputs[0].numpy().copy()
+        return self._outputs[0].to(torch.float32, copy=True).numpy()  # the runtime reuses its output buffer

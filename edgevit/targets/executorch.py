@@ -62,6 +62,11 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
 
     from .provenance import shared_provenance
 
+    fp16 = recipe.precision == "fp16"
+    if fp16:  # the app feeds and reads float16; inside, nothing is cast back to fp32
+        from .fp16 import half_precision
+
+        model, example = half_precision(model), example.half()
     with shared_provenance():
         program = torch.export.export(model, (example,), strict=False)
         rank, rank_op = max_tensor_rank(program.graph)
@@ -70,6 +75,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
             edge = to_edge_transform_and_lower(program, partitioner=_partitioners(recipe))
         audit = audit_lowered(edge.exported_program().graph_module)
         audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
+        if fp16:
+            audit.update(input_dtype="float16", output_dtype="float16")
         return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
 
 
