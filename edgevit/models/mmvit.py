@@ -397,15 +397,16 @@ MMVIT_CONFIGS: dict[str, MMViTConfig] = {
     "mmvit_s": MMViTConfig(dims=(26, 52, 104, 208), heads=(1, 2, 4, 8), drop_path_rate=0.1),
     # audio: mmvit_xs on a (128 mel, 512 frame) log-mel map; view grids 32x128 and 16x64, AudioSet's 527 labels
     "mmvit_xs_audio": MMViTConfig(in_chans=1, img_size=(128, 512), num_classes=527),
-    # random-init plumbing checks (tests, CI): both views, cross attention in every stage, at 64x64
+    # random-init plumbing checks (tests, CI): both views, cross attention and a scaled block in every stage, self
+    # blocks where K/V pool most (stage 1) and not at all (stage 4), at 64x64
     "mmvit_test": MMViTConfig(
-        dims=(8, 16, 16, 32), heads=(1, 2, 2, 4), self_blocks=(1, 0, 2, 1), num_classes=10, img_size=(64, 64)
+        dims=(8, 16, 16, 32), heads=(1, 2, 2, 4), self_blocks=(1, 0, 0, 1), num_classes=10, img_size=(64, 64)
     ),
     # the same on a 1-channel non-square map, as the audio config takes it
     "mmvit_audio_test": MMViTConfig(
         dims=(8, 16, 16, 32),
         heads=(1, 2, 2, 4),
-        self_blocks=(1, 0, 2, 1),
+        self_blocks=(1, 0, 0, 1),
         in_chans=1,
         img_size=(64, 256),
         num_classes=527,

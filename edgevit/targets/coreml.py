@@ -94,7 +94,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         **convert_kwargs,
         **conversion_options(recipe),
     )
-    mlmodel = _compress(mlmodel, recipe)
+    mlmodel = compress(mlmodel, recipe)
     _describe(mlmodel, example, image_input, bool(labels))
     audit = audit_mil(mlmodel._mil_program)
     audit["compression"] = recipe.options.get("compression", "none")
@@ -110,8 +110,9 @@ def _torch_program(model: torch.nn.Module, example: torch.Tensor, quantized: boo
         return torch.jit.trace(model.eval(), example)
 
 
-def _compress(mlmodel: Any, recipe: Recipe) -> Any:
-    """Weight compression that runs on any host: per-channel int8 weights, or 4-bit k-means palettes."""
+def compress(mlmodel: Any, recipe: Recipe) -> Any:
+    """Weight compression that runs on any host: per-channel int8 weights, or 4-bit k-means palettes. Works on a
+    converted model and on a saved package loaded with ``skip_model_load=True`` alike."""
     kind = recipe.options.get("compression", "none")
     if kind == "none":
         return mlmodel
