@@ -107,6 +107,12 @@ def test_fp16_recipe_is_one_half_precision_partition_within_40_db(tmp_path):
     out = runner.run(np.zeros(runner.input_shape, dtype=np.float32))  # the runner casts to the program's float16
     assert out.dtype == np.float32 and out.shape == (1, 10)
 
+    own = tmp_path / "bf16.yaml"
+    own.write_text("name: bf16\ntarget: executorch\nprecision: fp16\noptions: {program_dtype: bfloat16}\n")
+    proc = run_cli_here("export", "lvt_test", "--recipe", str(own), "--output-dir", str(tmp_path / "bf16"))
+    assert proc.returncode == 2 and "program_dtype 'bfloat16'; choose float32 or float16" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "bf16").exists()
+
 
 def test_fp16_gelu_is_the_tanh_form_within_fp16_rounding():
     from edgevit.targets.fp16 import SigmoidTanhGELU, half_precision

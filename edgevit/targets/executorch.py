@@ -62,7 +62,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
 
     from .provenance import shared_provenance
 
-    fp16 = recipe.precision == "fp16"
+    fp16 = _program_dtype(recipe) == "float16"
     if fp16:  # the app feeds and reads float16; inside, nothing is cast back to fp32
         from .fp16 import half_precision
 
@@ -78,6 +78,14 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         if fp16:
             audit.update(input_dtype="float16", output_dtype="float16")
         return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
+
+
+def _program_dtype(recipe: Recipe) -> str:
+    """The float dtype of the exported program: float16 puts weights, activations, input and output in half."""
+    dtype = recipe.options.get("program_dtype", "float32")
+    if dtype not in ("float32", "float16"):
+        raise EdgevitError(f"recipe {recipe.name}: program_dtype '{dtype}'; choose float32 or float16")
+    return dtype
 
 
 @contextmanager
