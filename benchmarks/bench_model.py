@@ -87,11 +87,13 @@ def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: in
 
     shape = get_entry(model).input_spec.shape(SIZE)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    from edgevit.bench.host import peak_rss_mb, rss_mb
+
     if path:  # the runtime's own libraries are not the model's memory: import them before the baseline
         from edgevit.runtime import runner_class
 
         runner_class(path)
-    before_mb = resident_mb()
+    before_mb = rss_mb()
     t0 = time.perf_counter()
     if kind == "eager":
         from edgevit.models import create_model
@@ -119,17 +121,8 @@ def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: in
         s = time.perf_counter()
         run()
         samples.append((time.perf_counter() - s) * 1e3)
-    memory = round(resident_mb("VmHWM") - before_mb, 1)
+    memory = round(peak_rss_mb() - before_mb, 1)
     print(json.dumps({"kind": kind, "load_s": load, "samples_ms": samples, "memory_mb": memory}))
-
-
-def resident_mb(field: str = "VmRSS") -> float:
-    """This process's resident set now (VmRSS) or at its peak (VmHWM), from Linux /proc, in MB. Not getrusage's
-    ru_maxrss: that survives exec, so a worker would report the peak of the orchestrator that forked it."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 # -------------------------------------------------------------------------------------- orchestrator

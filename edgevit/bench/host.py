@@ -39,12 +39,12 @@ def _proc_status_mb(field: str) -> float | None:
     return None
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """Current resident set size (Linux); elsewhere the peak so far."""
-    return _proc_status_mb("VmRSS") or _peak_rss_mb()
+    return _proc_status_mb("VmRSS") or peak_rss_mb()
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """This process's peak RSS. Linux: VmHWM, because ru_maxrss carries the parent's peak across exec."""
     hwm = _proc_status_mb("VmHWM")
     if hwm is not None:
@@ -58,7 +58,7 @@ def measure(path: Path, settings: Settings) -> dict[str, Any]:
     from ..runtime import runner_class
 
     runner_type = runner_class(path)  # imports the runtime, so the memory figure below is the model's
-    before = _rss_mb()
+    before = rss_mb()
     runner = runner_type(path, threads=settings.threads)
     rng = np.random.default_rng(0)
     shape = runner.input_shape
@@ -71,7 +71,7 @@ def measure(path: Path, settings: Settings) -> dict[str, Any]:
         "runtime": runner.name,
         "samples_ms": samples,
         "load_ms": runner.load_seconds * 1e3,
-        "memory_mb": {"before_load": round(before, 1), "peak": round(_peak_rss_mb(), 1)},
+        "memory_mb": {"before_load": round(before, 1), "peak": round(peak_rss_mb(), 1)},
     }
 
 
