@@ -3,6 +3,7 @@ getprop, dumpsys)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -132,17 +133,27 @@ def test_fp16_arithmetic_from_cpuinfo(cpuinfo, found):
 
 
 def test_hardware_notes_only_for_the_precision_whose_instructions_are_missing(tmp_path):
-    for name, precision in (("m-int8", "int8"), ("m-fp32", "fp32"), ("m-fp16", "fp16")):
+    artifacts = {  # name: (recipe precision, input dtype)
+        "m-int8": ("int8", "float32"),
+        "m-fp32": ("fp32", "float32"),
+        "m-fp16": ("fp16", "float16"),  # an fp16 program: computes in fp16
+        "m-fp16-weights": ("fp16", "float32"),  # fp16 weights (tflite-fp16) or Core ML: the runtime decides
+    }
+    for name, (precision, dtype) in artifacts.items():
         (tmp_path / f"{name}.pte").write_bytes(b"")
-        (tmp_path / f"{name}.manifest.json").write_text(f'{{"recipe": {{"precision": "{precision}"}}}}')
+        manifest = {"recipe": {"precision": precision}, "input": {"dtype": dtype}}
+        (tmp_path / f"{name}.manifest.json").write_text(json.dumps(manifest))
 
-    def record(name, dot, fp16=(), device="host"):
+    def record(name, dot, fp16=(), device="host", status="ok"):
         env = {"cpu": "AMD EPYC", "int8_dot_products": dot, "fp16_arithmetic": list(fp16)}
-        return {"artifact": {"path": str(tmp_path / f"{name}.pte")}, "device": device, "environment": {"before": env}}
+        artifact = {"path": str(tmp_path / f"{name}.pte")}
+        return {"artifact": artifact, "device": device, "status": status, "environment": {"before": env}}
 
     notes = hardware_notes([record("m-fp32", []), record("m-int8", []), record("m-int8", ["AVX-VNNI"], (), "pc")])
     assert len(notes) == 1 and notes[0].startswith("host (AMD EPYC) has no int8 dot-product instructions")
     assert hardware_notes([record("m-fp32", [])]) == []
-    # fp16: noted where the cores lack fp16 arithmetic, whatever their int8 instructions
+    assert hardware_notes([record("m-int8", [], status="skipped")]) == []  # nothing was timed
+    # fp16: noted where the cores lack fp16 arithmetic, whatever their int8 instructions, for fp16 programs only
     notes = hardware_notes([record("m-fp16", ["AVX-512 VNNI"]), record("m-fp16", [], ["asimdhp"], "phone")])
     assert len(notes) == 1 and notes[0].startswith("host (AMD EPYC) has no fp16 arithmetic")
+    assert hardware_notes([record("m-fp16-weights", [])]) == []

@@ -71,15 +71,20 @@ MISSING_INSTRUCTIONS = {
 }
 
 
-def _precision(record: dict[str, Any]) -> str | None:
+def _compute_precision(record: dict[str, Any]) -> str | None:
+    """The precision the artifact computes in, from its manifest: an fp16 recipe whose program takes float32
+    (fp16 weights in a .tflite, a Core ML model) leaves the arithmetic to the runtime, so it does not count."""
     from ..errors import EdgevitError
     from ..inspection import read_manifest
 
     try:
-        manifest = read_manifest(Path(record["artifact"]["path"]))
+        manifest = read_manifest(Path(record["artifact"]["path"])) or {}
     except EdgevitError:
         return None
-    return (manifest or {}).get("recipe", {}).get("precision")
+    precision = manifest.get("recipe", {}).get("precision")
+    if precision == "fp16" and manifest.get("input", {}).get("dtype") != "float16":
+        return None
+    return precision
 
 
 def hardware_notes(records: list[dict[str, Any]]) -> list[str]:
@@ -88,7 +93,7 @@ def hardware_notes(records: list[dict[str, Any]]) -> list[str]:
     notes = {}
     for r in records:
         env = (r.get("environment") or {}).get("before") or {}
-        precision = _precision(r)
+        precision = _compute_precision(r) if r.get("status") == "ok" else None  # only what was timed
         if precision not in MISSING_INSTRUCTIONS:
             continue
         instructions, meaning = MISSING_INSTRUCTIONS[precision]
