@@ -106,6 +106,8 @@ def test_fp16_recipe_is_one_half_precision_partition_within_40_db(tmp_path):
     runner = open_runner(Path(manifest["artifact_path"]))
     out = runner.run(np.zeros(runner.input_shape, dtype=np.float32))  # the runner casts to the program's float16
     assert out.dtype == np.float32 and out.shape == (1, 10)
+    inspected = run_cli_here("inspect", manifest["artifact_path"])
+    assert inspected.returncode == 0 and "input [1, 3, 64, 64] float16" in inspected.stdout, inspected.stdout
 
     own = tmp_path / "bf16.yaml"
     own.write_text("name: bf16\ntarget: executorch\nprecision: fp16\noptions: {program_dtype: bfloat16}\n")

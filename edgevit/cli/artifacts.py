@@ -59,7 +59,9 @@ def inspect(
     out.print(f"[bold]{artifact}[/] (audit from the {info['source']})", highlight=False)
     out.print(f"  {describe_audit(audit)}", highlight=False)
     if info["source"] == "manifest":
-        out.print(f"  model {info['model']}, recipe {info['recipe']['name']}, input {info['input']['shape']}")
+        entry = info["input"]
+        dtype = "" if entry.get("dtype", "float32") == "float32" else f" {entry['dtype']}"
+        out.print(f"  model {info['model']}, recipe {info['recipe']['name']}, input {entry['shape']}{dtype}")
         out.print(f"  numerics: {describe_numerics(info['numerics'])}", highlight=False, soft_wrap=True)
     table = Table("op", "count", title="ops by type")
     for op, n in sorted((audit.get("ops") or audit.get("ops_delegated") or {}).items(), key=lambda kv: -kv[1]):
