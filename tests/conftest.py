@@ -3,9 +3,14 @@ this process for input errors), and artifacts built once per run and shared by e
 
 from __future__ import annotations
 
+import os
+
+# Two test workers share two cores: one intra-op thread each (here and in every `edgevit` process a test starts),
+# or idle OpenMP threads spin on the core the other worker needs. Set before torch is imported, which reads it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
