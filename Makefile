@@ -13,7 +13,14 @@ $(STAMP): pyproject.toml setup.py
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# timm's own code, outside the venv's path (its torchvision has no CPU build for this torch): the tests run it in a
+# process of their own as the reference that published checkpoints must reproduce (tests/timm_reference)
+TIMM_REFERENCE := $(VENV)/timm-reference/.installed
+$(TIMM_REFERENCE): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --target $(VENV)/timm-reference timm==1.0.31
+	touch $@
+
+install: $(STAMP) $(TIMM_REFERENCE)
 
 demo: $(STAMP)
 	$(BIN)/edgevit models
@@ -25,12 +32,12 @@ demo: $(STAMP)
 
 # two workers: most of the suite's time is single-threaded graph lowering, so both cores stay busy; the
 # slowest tests are listed at the end
-test: $(STAMP)
+test: $(STAMP) $(TIMM_REFERENCE)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=15
 
 # the suite as `make test`, counting the tests that run a real runtime (tests/runtime_census/README.md)
 CENSUS ?= $(OUT)/runtime-census.log
-test-census: $(STAMP)
+test-census: $(STAMP) $(TIMM_REFERENCE)
 	mkdir -p $(dir $(CENSUS)) && rm -f $(CENSUS)
 	PYTHONPATH=$(CURDIR)/tests/runtime_census EDGEVIT_RUNTIME_CENSUS=$(abspath $(CENSUS)) \
 		$(BIN)/python -m pytest -q -n 2 --dist worksteal; status=$$?; \

@@ -183,6 +183,22 @@ def rerun(exported: Exported) -> dict[str, Any]:
     return verify_numerics(exported.artifact, reference, photos.numpy(), spec)
 
 
+def check_gates(rows: dict[str, dict]) -> None:
+    """LVT's gates, which every family meets, on the targets in ``rows`` (target -> manifest): one XNNPACK
+    partition, Core ML at rank <= 4 with at most 20 transposes, builtin-only TFLite at rank <= 4, and the numerics
+    of each runtime that runs here."""
+    if "executorch" in rows:
+        assert rows["executorch"]["audit"]["partitions"] == 1 and not rows["executorch"]["audit"]["ops_outside"]
+    if "coreml" in rows:
+        assert rows["coreml"]["audit"]["transposes"] <= 20 and rows["coreml"]["audit"]["max_rank"] <= 4
+        assert rows["coreml"]["numerics"]["skipped"].startswith("Core ML prediction needs macOS")
+    if "tflite" in rows:
+        assert rows["tflite"]["audit"]["all_builtin"] and rows["tflite"]["audit"]["max_rank"] <= 4
+    for target in {"executorch", "tflite", "onnx"} & set(rows):
+        numerics = rows[target]["numerics"]
+        assert numerics["max_abs_diff"] < 1e-3 and numerics["top1_agreement"] == 1.0, (target, numerics)
+
+
 @pytest.fixture(scope="session")
 def artifact_cache(tmp_path_factory) -> ArtifactCache:
     base = tmp_path_factory.getbasetemp()

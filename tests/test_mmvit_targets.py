@@ -13,21 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from .conftest import rerun, run_cli_here
-
-
-def _check_gates(rows: dict[str, dict]) -> None:
-    """The gates of the targets in ``rows`` (target -> manifest)."""
-    if "executorch" in rows:
-        assert rows["executorch"]["audit"]["partitions"] == 1 and not rows["executorch"]["audit"]["ops_outside"]
-    if "coreml" in rows:
-        assert rows["coreml"]["audit"]["transposes"] <= 20 and rows["coreml"]["audit"]["max_rank"] <= 4
-        assert rows["coreml"]["numerics"]["skipped"].startswith("Core ML prediction needs macOS")
-    if "tflite" in rows:
-        assert rows["tflite"]["audit"]["all_builtin"] and rows["tflite"]["audit"]["max_rank"] <= 4
-    for target in {"executorch", "tflite", "onnx"} & set(rows):
-        numerics = rows[target]["numerics"]
-        assert numerics["max_abs_diff"] < 1e-3 and numerics["top1_agreement"] == 1.0, (target, numerics)
+from .conftest import check_gates, rerun, run_cli_here
 
 
 @pytest.mark.parametrize("target", ["executorch", "tflite", "onnx", "coreml"])
@@ -36,7 +22,7 @@ def test_mmvit_exports_to_every_target(artifact_cache, target):
     exported = artifact_cache.export("mmvit_test", target)  # shared: built once per run
     manifest = exported.manifest
     assert manifest["gates"]["passed"], manifest["gates"]
-    _check_gates({target: manifest})
+    check_gates({target: manifest})
     if target == "onnx":
         assert manifest["input"]["shape"] == [1, 3, 64, 64]
     if target != "coreml":  # the artifact in its runtime, in this test
@@ -78,7 +64,7 @@ def test_audio_config_takes_a_non_square_one_channel_map_in_both_layouts(artifac
     exported = {t: artifact_cache.export("mmvit_audio_test", t) for t in ("tflite", "coreml")}
     rows = {t: e.manifest for t, e in exported.items()}
     assert all(row["gates"]["passed"] for row in rows.values()), rows
-    _check_gates(rows)
+    check_gates(rows)
     entry = rows["tflite"]["input"]
     assert entry["shape"] == [1, 1, 64, 256] and entry["name"] == "spectrogram"
     assert "log-mel" in entry["preprocessing"]["features"] and "photos" in entry["preprocessing"]["verified_on"]

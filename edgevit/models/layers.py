@@ -1,10 +1,11 @@
-"""Blocks shared by the model families: stochastic depth and weight init helpers."""
+"""Blocks shared by the model families: stochastic depth, weight init and position-embedding resizing."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -49,3 +50,22 @@ def init_conv_fan_out(m: nn.Module) -> None:
         nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def resize_pos_embed(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], has_cls: bool) -> torch.Tensor:
+    """Bicubic resize of a (1, [1 +] H*W, C) position embedding from grid ``old`` to ``new``."""
+    cls, grid = (pos[:, :1], pos[:, 1:]) if has_cls else (None, pos)
+    C = pos.shape[-1]
+    grid = grid.reshape(1, *old, C).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
+    grid = grid.flatten(2).transpose(1, 2)
+    return grid if cls is None else torch.cat([cls, grid], dim=1)
+
+
+def grid_of(tokens: int, like: tuple[int, int]) -> tuple[int, int]:
+    """The grid with ``tokens`` cells and the aspect ratio of ``like`` (a checkpoint stores tokens flat)."""
+    h, w = like
+    for rows in range(1, tokens + 1):
+        if tokens % rows == 0 and rows * w == (tokens // rows) * h:
+            return rows, tokens // rows
+    raise ValueError(f"a position embedding of {tokens} tokens fits no grid shaped like {like}")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, init_linear_and_norm
+from .layers import DropPath, grid_of, init_linear_and_norm, resize_pos_embed
 from .registry import InputSpec, ModelEntry, register_model
 
 __all__ = ["MMViTConfig", "MMViT", "PoolingAttention", "SelfBlock", "CrossBlock", "MMVIT_CONFIGS", "mmvit_filter_fn"]
@@ -297,16 +297,6 @@ class ViewStem(nn.Module):
         return x + self.position(grid), grid
 
 
-def resize_pos_embed(pos: torch.Tensor, old: tuple[int, int], new: tuple[int, int], has_cls: bool) -> torch.Tensor:
-    """Bicubic resize of a (1, [1 +] H*W, C) position embedding from grid ``old`` to ``new``."""
-    cls, grid = (pos[:, :1], pos[:, 1:]) if has_cls else (None, pos)
-    C = pos.shape[-1]
-    grid = grid.reshape(1, *old, C).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=new, mode="bicubic", align_corners=False)
-    grid = grid.flatten(2).transpose(1, 2)
-    return grid if cls is None else torch.cat([cls, grid], dim=1)
-
-
 class MMViT(nn.Module):
     """MMViT classifier; ``features_only=True`` returns, per stage, one NCHW map per view (CLS dropped)."""
 
@@ -425,20 +415,11 @@ def mmvit_filter_fn(state_dict: dict[str, torch.Tensor], model: MMViT) -> dict[s
             continue
         has_cls = stem.cls_token is not None
         tokens = pos.shape[1] - has_cls
-        old = _grid_of(tokens, stem.grid)
+        old = grid_of(tokens, stem.grid)
         state[key] = resize_pos_embed(pos, old, stem.grid, has_cls)
     if model.features_only:
         state = {k: v for k, v in state.items() if not k.startswith(("head.", "norm."))}
     return state
-
-
-def _grid_of(tokens: int, like: tuple[int, int]) -> tuple[int, int]:
-    """The grid with ``tokens`` cells and the aspect ratio of ``like`` (a checkpoint stores tokens flat)."""
-    h, w = like
-    for rows in range(1, tokens + 1):
-        if tokens % rows == 0 and rows * w == (tokens // rows) * h:
-            return rows, tokens // rows
-    raise ValueError(f"a position embedding of {tokens} tokens fits no grid shaped like {like}")
 
 
 def _build(

@@ -74,6 +74,8 @@ class ModelEntry:
     test: bool = False
     # measured by `make bench` and `make accuracy` and listed in the results tables
     benchmark: bool = False
+    # the classifier Linear whose rows count a fine-tuned checkpoint's classes (the first of several heads)
+    classifier: str = "head"
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -120,7 +122,7 @@ def check_input_size(name: str, size: Size) -> None:
 def create_model(name: str, checkpoint: str | Path | None = None, input_size: int | None = None, **kwargs) -> nn.Module:
     """Build a registered model in its training form, optionally loading a checkpoint (strict keys).
 
-    A fine-tuned checkpoint sets the number of classes from its classifier (``head.weight``). ``input_size``
+    A fine-tuned checkpoint sets the number of classes from its classifier (``ModelEntry.classifier``). ``input_size``
     builds a model whose position embeddings are learned for that size (a checkpoint's are resized to it); other
     models run at any size and ignore it.
     """
@@ -130,7 +132,7 @@ def create_model(name: str, checkpoint: str | Path | None = None, input_size: in
     if checkpoint is None:
         return entry.builder(**kwargs)
     state = read_state_dict(checkpoint)
-    head = state.get("head.weight")
+    head = state.get(f"{entry.classifier}.weight")
     if head is not None and head.dim() == 2 and "num_classes" not in kwargs and not kwargs.get("features_only"):
         kwargs["num_classes"] = head.shape[0]
     model = entry.builder(**kwargs)
