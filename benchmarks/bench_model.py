@@ -25,7 +25,6 @@ from results_doc import add_write_flag, write_section
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 RESULTS = ROOT / "benchmarks" / "results"
-SIZE = 224
 SEED = 0
 
 
@@ -85,7 +84,7 @@ def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: in
     torch.set_num_threads(threads)
     from edgevit.models import get_entry
 
-    shape = get_entry(model).input_spec.shape(SIZE)
+    shape = get_entry(model).input_spec.shape()  # the model's own size
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     from edgevit.bench.host import peak_rss_mb, rss_mb
 
@@ -144,7 +143,7 @@ def build_artifacts(model: str) -> dict:
     train = create_model(model).eval()
     from edgevit.models import get_entry
 
-    example = torch.randn(get_entry(model).input_spec.shape(SIZE))
+    example = torch.randn(get_entry(model).input_spec.shape())
     names = artifact_names(model)
     t0 = time.perf_counter()
     (OUT / names["onnx"]).write_bytes(export_bytes(train, example))
@@ -264,9 +263,12 @@ def measure(model: str, rounds: int, runs: int, warmup: int, threads: int, kinds
 
 
 def render(model: str, timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> str:
+    from edgevit.models import get_entry, size_text
+
     base = timing["onnx"]["median_ms"]
     lines = [
-        f"`{model}` ({gmacs:.2f} GMACs) at {SIZE}x{SIZE}, batch 1, {args.threads} threads, "
+        f"`{model}` ({gmacs:.2f} GMACs) at {size_text(get_entry(model).input_spec.size)}, batch 1, "
+        f"{args.threads} threads, "
         f"{info['cpu']} ({platform.machine()}); "
         f"median of {args.rounds} alternating processes x {args.runs} runs after {args.warmup} warm-up runs "
         f"(measured {time.strftime('%Y-%m-%d')}).",

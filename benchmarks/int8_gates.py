@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from accuracy import OUT, SIZE, digits_folder, log, save_models, train_fp32
+from accuracy import OUT, SIZE, digits_folder, log, save_models, train_fp32, train_size
 from results_doc import add_write_flag, write_section
 
 RESULTS = OUT.parents[1] / "results" / "int8_gates.json"
@@ -40,14 +40,14 @@ def trained_weights(model_name: str, data, epochs: int):
     checkpoint = OUT / f"{model_name}-digits-fp32.pth"
     if checkpoint.exists():
         try:  # written by an older model definition, it no longer loads: train again
-            create_model(model_name, checkpoint, input_size=SIZE)
+            create_model(model_name, checkpoint, input_size=train_size(model_name))
             log(f"{model_name}: fp32 weights from {checkpoint.name}")
             return checkpoint
         except EdgevitError as e:
             log(f"{model_name}: {checkpoint.name} does not load into this model ({e}); training again")
     spec = get_entry(model_name).input_spec
-    train = load_labelled(data / "train", spec, SIZE)
-    val = load_labelled(data / "val", spec, SIZE, train.classes)
+    train = load_labelled(data / "train", spec, train_size(model_name))
+    val = load_labelled(data / "val", spec, train_size(model_name), train.classes)
     checkpoint, _ = train_fp32(model_name, train, val, epochs, batch=32, lr=1e-3)
     return checkpoint
 
@@ -62,7 +62,7 @@ def gate_row(model_name: str, target: str, recipe: str, checkpoint, data) -> dic
         target,
         recipe,
         checkpoint=checkpoint,
-        input_size=SIZE,
+        input_size=train_size(model_name),
         output_dir=OUT / "gates" / model_name,
         force=True,
         images=data / "val" / "0",
@@ -99,7 +99,8 @@ def table(models: dict) -> str:
                 f" | {row['runtime']} |"
             )
     return "\n".join(lines) + (
-        f"\n\nEach model trained on the digits at {SIZE}x{SIZE} (`benchmarks/accuracy.py`'s weights), every int8 "
+        f"\n\nEach model trained on the digits at {SIZE}x{SIZE} (CrossViT, whose sides are multiples of 120, at "
+        "120x120; `benchmarks/accuracy.py`'s weights), every int8 "
         "recipe calibrated on 64 training digits and compared with its fp32 model on 8 held-out ones "
         "(`benchmarks/int8_gates.py`)."
     )

@@ -52,9 +52,10 @@ def table() -> str:
         cells += [_top1(acc, stage) for stage in ("fp32", "ptq", "qat")]
         rows.append("| " + " | ".join(cells) + " |")
     notes = (
-        "Latency: 224x224, batch 1, fp32, 2 threads on this machine, medians from `benchmarks/bench_model.py` "
-        "(full tables in docs/results.md). Accuracy: trained at 64x64 on the digits set, held-out split, scored by the "
-        "ExecuTorch artifact (int8: `executorch-xnnpack-int8`); other targets in the accuracy table."
+        "Latency: each model at its own input size (224x224; CrossViT 240x240), batch 1, fp32, 2 threads on this "
+        "machine, medians from `benchmarks/bench_model.py` (full tables in docs/results.md). Accuracy: trained at "
+        "64x64 (CrossViT 120x120) on the digits set, held-out split, scored by the ExecuTorch artifact (int8: "
+        "`executorch-xnnpack-int8`); other targets in the accuracy table."
     )
     return "\n".join(rows) + "\n\n" + notes
 
