@@ -8,7 +8,7 @@ from torch import nn
 from .layout import Layout
 from .weights import conv_copy
 
-__all__ = ["DeployMlp", "multi_head_attention", "require_classifier"]
+__all__ = ["DeployMlp", "DeployPreNormBlock", "multi_head_attention", "require_classifier"]
 
 
 def require_classifier(model: nn.Module) -> None:
@@ -45,6 +45,22 @@ class DeployMlp(nn.Module):
             return self.fc2(self.act(self.fc1(x)))
         x = self.depconv(self.fc1(self.layout.to_map(x)))
         return self.layout.from_map(self.fc2(self.act(x)))
+
+
+class DeployPreNormBlock(nn.Module):
+    """Pre-norm transformer block, x + attn(norm1(x)) then x + mlp(norm2(x)), from a training block with
+    ``norm1``, ``norm2`` and ``mlp`` and the deploy form of its attention."""
+
+    def __init__(self, m: nn.Module, attn: nn.Module, layout: Layout) -> None:
+        super().__init__()
+        self.norm1 = layout.norm(m.norm1)
+        self.attn = attn
+        self.norm2 = layout.norm(m.norm2)
+        self.mlp = DeployMlp.from_module(m.mlp, layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
 def multi_head_attention(

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..models import crossvit as train
 from . import register_lowering
-from .blocks import DeployMlp, multi_head_attention, require_classifier
+from .blocks import DeployPreNormBlock, multi_head_attention, require_classifier
 from .layout import Layout
 from .weights import conv_copy, linear_from
 
@@ -132,19 +132,6 @@ class DeployAttention(nn.Module):
         return self.proj(multi_head_attention(L, q, k, v, self.heads))
 
 
-class DeployBlock(nn.Module):
-    def __init__(self, m: train.Block, layout: Layout) -> None:
-        super().__init__()
-        self.norm1 = layout.norm(m.norm1)
-        self.attn = DeployAttention(m.attn, layout)
-        self.norm2 = layout.norm(m.norm2)
-        self.mlp = DeployMlp.from_module(m.mlp, layout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class DeployProjection(nn.Module):
     """LayerNorm, GELU, Linear on one token (a CLS moving between branches)."""
 
@@ -188,7 +175,10 @@ class DeployMultiScaleBlock(nn.Module):
     def __init__(self, m: train.MultiScaleBlock, layout: Layout, last: bool) -> None:
         super().__init__()
         self.layout, self.last = layout, last
-        self.blocks = nn.ModuleList(nn.Sequential(*(DeployBlock(b, layout) for b in branch)) for branch in m.blocks)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(*(DeployPreNormBlock(b, DeployAttention(b.attn, layout), layout) for b in branch))
+            for branch in m.blocks
+        )
         self.projs = nn.ModuleList(DeployProjection(p, layout) for p in m.projs)
         self.fusion = nn.ModuleList(
             nn.Sequential(*(DeployCrossAttentionBlock(b, layout) for b in (f if isinstance(f, nn.Sequential) else [f])))

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..models import lvt as train
 from . import register_lowering
-from .blocks import DeployMlp, multi_head_attention, require_classifier
+from .blocks import DeployPreNormBlock, multi_head_attention, require_classifier
 from .layout import Layout
 from .ops import PhaseFold, ShortRowSoftmax, TapLinear, fold_k3s2p1_nchw
 from .weights import class_block_weights, conv1x1_from, conv_copy, linear_from
@@ -202,22 +202,12 @@ class DeployRASA(nn.Module):
         return x
 
 
-class DeployBlock(nn.Module):
-    """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+class DeployBlock(DeployPreNormBlock):
+    """An LVT block: CSA in stage 1, RASA after."""
 
     def __init__(self, m: train.Block, layout: Layout) -> None:
-        super().__init__()
-        self.norm1 = layout.norm(m.norm1)
-        if isinstance(m.attn, train.CSA):
-            self.attn = csa_from(m.attn, layout)
-        else:
-            self.attn = DeployRASA.from_module(m.attn, layout)
-        self.norm2 = layout.norm(m.norm2)
-        self.mlp = DeployMlp.from_module(m.mlp, layout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        attn = csa_from(m.attn, layout) if isinstance(m.attn, train.CSA) else DeployRASA.from_module(m.attn, layout)
+        super().__init__(m, attn, layout)
 
 
 class DeployPatchEmbed(nn.Module):
