@@ -153,15 +153,25 @@ def test_runner_crash_keeps_the_samples_before_it(phone, tiny_artifacts):
     assert _pushed(phone[2]) == []
 
 
-def test_timeout_stops_the_runner_and_keeps_samples(phone, tiny_artifacts):
+def test_a_silent_runner_is_stopped_as_hung_and_keeps_its_samples(phone, tiny_artifacts):
+    """A runner that stops printing mid-run is stopped after the profile's stall_seconds of silence, long before
+    its timeout_seconds; the silence counts from its first line, so a slow start (Python, torch and the .pte here,
+    beside the other test worker's exports) is not a stall."""
     base_env, profile, root = phone
-    # the runner needs about 4 s to start (Python, torch, the .pte) on an idle host and much more beside the
-    # other test worker's exports: the limit leaves room for that, or no iteration would be logged in time
-    data = yaml.safe_load(profile.read_text()) | {"timeout_seconds": 40}
+    data = yaml.safe_load(profile.read_text()) | {"stall_seconds": 3, "timeout_seconds": 600}
     profile.write_text(yaml.safe_dump(data))
     proc, records = _bench(phone, tiny_artifacts[".pte"], env={"FAKE_RUNNER_HANG_AFTER": "4"})
-    assert proc.returncode == 1 and "timed out after 40 s" in proc.stderr
+    assert proc.returncode == 1 and "printed nothing for 3 s and was stopped as hung" in proc.stderr
     assert records[0]["status"] == "failed" and len(records[0]["samples_ms"]) == 2
+
+
+def test_a_command_past_its_timeout_is_stopped_with_what_it_printed():
+    from edgevit.bench.adb import CommandTimeout, run_watched
+
+    talking = "import time\nfor i in range(100):\n    print(i, flush=True)\n    time.sleep(0.2)"
+    with pytest.raises(CommandTimeout, match="timed out after 1 s") as stopped:
+        run_watched([sys.executable, "-c", talking], limit=1.0, stall=0.5)  # never silent for 0.5 s
+    assert stopped.value.output.startswith("0\n1\n")
 
 
 def test_device_gone_mid_run(phone, tiny_artifacts):

@@ -7,9 +7,11 @@ marker, because a dropped connection and a failing command both make ``adb shell
 from __future__ import annotations
 
 import os
+import selectors
 import shlex
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 from ..errors import EdgevitError
@@ -102,13 +104,14 @@ class Adb:
 
     # --------------------------------------------------------------------------------------- commands
 
-    def shell(self, argv: list[str], timeout: float | None = None) -> ShellResult:
-        """Run one command on the device; every argument is quoted for the device shell."""
-        return self.shell_script(" ".join(shlex.quote(a) for a in argv), timeout)
+    def shell(self, argv: list[str], timeout: float | None = None, stall: float | None = None) -> ShellResult:
+        """Run one command on the device; every argument is quoted for the device shell. ``stall``: stop it as
+        hung once it has printed and then printed nothing for that many seconds."""
+        return self.shell_script(" ".join(shlex.quote(a) for a in argv), timeout, stall)
 
-    def shell_script(self, script: str, timeout: float | None = None) -> ShellResult:
+    def shell_script(self, script: str, timeout: float | None = None, stall: float | None = None) -> ShellResult:
         """Run a fixed shell script of edgevit's own (globs allowed); never pass user text here unquoted."""
-        proc = self._run(["shell", f"{script}; echo {RC_MARKER}$?"], timeout=timeout, check=False)
+        proc = self._run(["shell", f"{script}; echo {RC_MARKER}$?"], timeout=timeout, check=False, stall=stall)
         lines = proc.stdout.splitlines()
         if not lines or not lines[-1].startswith(RC_MARKER):
             detail = (proc.stderr.strip().splitlines() or ["no exit status came back"])[-1]
@@ -132,18 +135,56 @@ class Adb:
             raise AdbError(f"adb push {local} -> {remote} failed: {detail}")
 
     def _run(
-        self, args: list[str], timeout: float | None = None, check: bool = True, use_serial: bool = True
+        self,
+        args: list[str],
+        timeout: float | None = None,
+        check: bool = True,
+        use_serial: bool = True,
+        stall: float | None = None,
     ) -> subprocess.CompletedProcess:
         cmd = [self.binary, *(["-s", self.serial] if use_serial and self.serial else []), *args]
-        limit = timeout or self.timeout
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-        except subprocess.TimeoutExpired as e:
-            partial = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            raise CommandTimeout(f"`adb {' '.join(args)[:60]}` timed out after {limit:g} s", partial) from None
+            proc = run_watched(cmd, timeout or self.timeout, stall)
+        except CommandTimeout as e:
+            raise CommandTimeout(f"`adb {' '.join(args)[:60]}` {e}", e.output) from None
         except OSError as e:
             raise AdbError(f"cannot run {self.binary}: {e.strerror}") from None
         if check and proc.returncode != 0:
             detail = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
             raise AdbError(f"`adb {' '.join(args)[:60]}` failed: {detail}", proc.stdout)
         return proc
+
+
+def run_watched(cmd: list[str], limit: float, stall: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` to its end, reading its output as it comes. It is killed, with :class:`CommandTimeout` keeping
+    what it printed, after ``limit`` seconds in all, or ``stall`` seconds of silence once its first output came
+    (a hung runner stops printing; a long benchmark does not)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chunks: dict[int, list[bytes]] = {proc.stdout.fileno(): [], proc.stderr.fileno(): []}
+
+    def text(stream) -> str:
+        return b"".join(chunks[stream.fileno()]).decode(errors="replace")
+
+    start, last_output = time.monotonic(), None
+    # closing the pipes on the way out, timed out or not, hangs up on what the command left running
+    with proc.stdout, proc.stderr, selectors.DefaultSelector() as selector:
+        for stream in (proc.stdout, proc.stderr):
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map():
+            now = time.monotonic()
+            reason, deadline = f"timed out after {limit:g} s", start + limit
+            if stall is not None and last_output is not None and last_output + stall < deadline:
+                reason, deadline = f"printed nothing for {stall:g} s and was stopped as hung", last_output + stall
+            if now >= deadline:
+                proc.kill()
+                proc.wait()
+                raise CommandTimeout(reason, text(proc.stdout))
+            for key, _ in selector.select(deadline - now):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    selector.unregister(key.fileobj)
+                    continue
+                chunks[key.fd].append(data)
+                last_output = time.monotonic()
+        proc.wait()
+        return subprocess.CompletedProcess(cmd, proc.returncode, text(proc.stdout), text(proc.stderr))

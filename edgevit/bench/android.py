@@ -183,7 +183,7 @@ def _bench_one(adb, profile, path, binary, settings, record, progress, op_profil
         record["remote_command"] = cmd
         progress(f"{path.name}: running {binary.name}")
         try:
-            result = adb.shell(cmd, timeout=profile.timeout_seconds)
+            result = adb.shell(cmd, timeout=profile.timeout_seconds, stall=profile.stall_seconds)
         except CommandTimeout as e:
             _apply_output(record, path, e.output, settings.warmup)  # keep what was measured before it broke
             _stop(adb, remote_runner)

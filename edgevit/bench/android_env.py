@@ -119,4 +119,5 @@ def profile_from(env: dict[str, Any], name: str) -> dict[str, Any]:
         },
         "cooldown_seconds": 30,
         "timeout_seconds": 600,
+        "stall_seconds": 120,
     }

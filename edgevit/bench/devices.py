@@ -38,6 +38,7 @@ class DeviceProfile:
     runners: dict[str, str] = field(default_factory=dict)  # runner kind -> host path of the binary to push
     cooldown_seconds: float = 30.0  # before each artifact, or until the thermal status is back to 0
     timeout_seconds: float = 600.0  # per remote command
+    stall_seconds: float = 120.0  # a runner silent this long after its first output is hung
     # apple
     notes: str = ""
     source: str = ""
@@ -81,7 +82,7 @@ def parse_profile(raw: Any, src: str) -> DeviceProfile:
     remote_dir = str(raw.get("remote_dir", DeviceProfile.remote_dir))
     if not remote_dir.startswith(REMOTE_ROOT) or ".." in remote_dir:
         raise _fail(src, f"field 'remote_dir' must be a folder under {REMOTE_ROOT}, got {remote_dir!r}")
-    for key in ("cooldown_seconds", "timeout_seconds"):
+    for key in ("cooldown_seconds", "timeout_seconds", "stall_seconds"):
         value = raw.get(key, getattr(DeviceProfile, key))
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise _fail(src, f"field '{key}' must be a non-negative number, got {value!r}")
@@ -97,6 +98,7 @@ def parse_profile(raw: Any, src: str) -> DeviceProfile:
         runners={k: str(v) for k, v in runners.items()},
         cooldown_seconds=float(raw.get("cooldown_seconds", DeviceProfile.cooldown_seconds)),
         timeout_seconds=float(raw.get("timeout_seconds", DeviceProfile.timeout_seconds)),
+        stall_seconds=float(raw.get("stall_seconds", DeviceProfile.stall_seconds)),
         notes=str(raw.get("notes") or ""),
         source=src,
     )
