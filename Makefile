@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.py
 # process of their own as the reference that published checkpoints must reproduce (tests/timm_reference)
 TIMM_REFERENCE := $(VENV)/timm-reference/.installed
 $(TIMM_REFERENCE): $(STAMP)
-	$(BIN)/pip install --quiet --no-deps --target $(VENV)/timm-reference timm==1.0.31
+	$(BIN)/pip install --quiet --no-deps --upgrade --target $(VENV)/timm-reference timm==1.0.31
 	touch $@
 
 install: $(STAMP) $(TIMM_REFERENCE)
