@@ -10,7 +10,8 @@ import torch
 
 from edgevit.lowering import lower
 from edgevit.lowering.layout import LAYOUTS
-from edgevit.lowering.mmvit import DeployCrossBlock, DeployMMViT, DeployPool, DeploySelfBlock
+from edgevit.lowering.mmvit import DeployCrossBlock, DeployMMViT
+from edgevit.lowering.pooling import DeployPool, DeploySelfBlock
 from edgevit.models import create_model
 from edgevit.models.mmvit import MMVIT_CONFIGS, CrossBlock, MMViT, MMViTConfig, Pool, SelfBlock
 from edgevit.models.stats import model_stats

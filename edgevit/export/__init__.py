@@ -44,15 +44,19 @@ def export(request: ExportRequest, on_step: Step | None = None, source: ModelSou
 def export_model(
     model_name: str,
     target: str = "executorch",
+    recipe: str | None = None,
+    *,
     on_step: Step | None = None,
     quantize_request: QuantizeRequest | None = None,
     labels: list[str] | tuple[str, ...] | None = None,
     **options: Any,
 ) -> ExportResult:
-    """Export ``model_name`` for ``target``: the keyword arguments are :class:`ExportRequest`'s fields."""
+    """Export ``model_name`` for ``target`` with ``recipe`` (default: the target's); the other keyword arguments
+    are :class:`ExportRequest`'s fields."""
     request = ExportRequest(
         model=model_name,
         target=target,
+        recipe=recipe,
         quantize=quantize_request or QuantizeRequest(),
         labels=tuple(labels) if labels is not None else None,
         **options,

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from .layout import Layout
 from .weights import conv_copy
 
-__all__ = ["DeployMlp", "DeployPreNormBlock", "multi_head_attention", "require_classifier"]
+__all__ = ["DeployMlp", "DeployPreNormBlock", "LogitsBias", "multi_head_attention", "require_classifier"]
+
+# (logits, query heads) -> logits: a term added to the attention logits before the softmax, laid out as the
+# layout's ``attend`` holds them (MViTv2's relative positions)
+LogitsBias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def require_classifier(model: nn.Module) -> None:
@@ -71,6 +77,7 @@ def multi_head_attention(
     heads: int,
     residual: bool = False,
     keys_like_queries: bool = False,
+    logits_bias: LogitsBias | None = None,
 ) -> torch.Tensor:
     """softmax(q k^T) v [+ q] per head, laid out as ``q``; the softmax scale is already in ``k``.
 
@@ -82,7 +89,7 @@ def multi_head_attention(
         kh = layout.keys_from_heads(layout.split_heads(k, heads))
     else:
         kh = layout.split_keys(k, heads)
-    out = layout.attend(qh, kh, layout.split_heads(v, heads))
+    out = layout.attend(qh, kh, layout.split_heads(v, heads), logits_bias)
     if residual:
         out = out + qh
     return layout.merge_heads(out, q.shape)

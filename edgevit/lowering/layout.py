@@ -7,7 +7,7 @@ each call makes are the ones measured fastest on the layout's runtimes; keep the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -146,9 +146,13 @@ class TokensLast(Layout):
         """:meth:`split_heads` of a single token, by a reshape alone."""
         return x.reshape(x.shape[0] * heads, 1, x.shape[-1] // heads)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(q k) v per head (the softmax scale is already in k), laid out as ``q``."""
-        return torch.bmm(torch.bmm(q, k).softmax(dim=-1), v)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Callable | None = None) -> torch.Tensor:
+        """softmax(q k [+ bias]) v per head (the softmax scale is already in k), laid out as ``q``; ``bias``
+        takes the logits, (B*heads, N, M) here, and ``q`` and returns them with its term added."""
+        logits = torch.bmm(q, k)
+        if bias is not None:
+            logits = bias(logits, q)
+        return torch.bmm(logits.softmax(dim=-1), v)
 
     def merge_heads(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """:meth:`attend`'s output as tokens or a map of ``shape``, heads side by side on the channel axis."""
@@ -230,8 +234,8 @@ class ChannelsFirst(Layout):
     def one_token_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:
         return self.split_heads(x, heads)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return attend_channels_first(q, k, v)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Callable | None = None) -> torch.Tensor:
+        return attend_channels_first(q, k, v, bias)  # logits (G, M, N): keys by queries
 
     def merge_heads(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         return x.reshape(shape)

@@ -8,6 +8,8 @@ tests/test_lowering_ops.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,14 +134,19 @@ class HeadChannelLayerNorm(nn.Module):
         return self.norm(x.reshape(B * self.heads, C // self.heads, *rest)).reshape(B, C, *rest)
 
 
-def attend_channels_first(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attend_channels_first(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Callable | None = None
+) -> torch.Tensor:
     """Softmax attention on channels-first heads: q (G, d, N), k and v (G, d, M) -> (G, d, N).
 
     Scores are laid out keys x queries and normalised over the keys (dim 1), so the values multiply
     them as they are; only k is transposed, and the Core ML converter folds that into the matmul.
+    ``bias(logits, q)`` adds a term to the (G, M, N) logits before the softmax.
     """
-    weights = torch.matmul(k.transpose(1, 2), q).softmax(dim=1)  # G, M, N
-    return torch.matmul(v, weights)
+    logits = torch.matmul(k.transpose(1, 2), q)  # G, M, N
+    if bias is not None:
+        logits = bias(logits, q)
+    return torch.matmul(v, logits.softmax(dim=1))
 
 
 def max_pool_edge_padded(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ from torch import nn
 
 from ..errors import EdgevitError
 
-# wrappers used by common training scripts (timm, DeiT, the official LVT code)
-_NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+# wrappers used by common training scripts (timm, DeiT, the official LVT code; PySlowFast and MViT: model_state)
+_NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "model_state")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -74,8 +74,9 @@ class ModelEntry:
     test: bool = False
     # measured by `make bench` and `make accuracy` and listed in the results tables
     benchmark: bool = False
-    # the classifier Linear whose rows count a fine-tuned checkpoint's classes (the first of several heads)
-    classifier: str = "head"
+    # the classifier Linear whose rows count a fine-tuned checkpoint's classes (the first of several heads);
+    # several names where checkpoints name it differently (the official code's and timm's)
+    classifier: str | tuple[str, ...] = "head"
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -132,7 +133,8 @@ def create_model(name: str, checkpoint: str | Path | None = None, input_size: in
     if checkpoint is None:
         return entry.builder(**kwargs)
     state = read_state_dict(checkpoint)
-    head = state.get(f"{entry.classifier}.weight")
+    names = (entry.classifier,) if isinstance(entry.classifier, str) else entry.classifier
+    head = next((state[f"{n}.weight"] for n in names if f"{n}.weight" in state), None)
     if head is not None and head.dim() == 2 and "num_classes" not in kwargs and not kwargs.get("features_only"):
         kwargs["num_classes"] = head.shape[0]
     model = entry.builder(**kwargs)
