@@ -43,6 +43,11 @@ class QuantizedDeploy:
     float_view: Callable[[tuple[str, ...]], nn.Module] | None = None
 
 
+def deploy_float_modules(deploy: nn.Module) -> tuple[str, ...]:
+    """Module-name patterns a deploy form keeps float in every int8 graph (its ``float_modules``)."""
+    return tuple(getattr(deploy, "float_modules", ()))
+
+
 def quantize_for_export(
     deploy: nn.Module,
     example: torch.Tensor,
@@ -54,7 +59,7 @@ def quantize_for_export(
 ) -> QuantizedDeploy:
     """The quantized deploy form for ``recipe`` and the manifest's ``quantization`` entry."""
     options = quant_options(recipe)
-    keep_float = tuple(options["keep_float"]) + tuple(request.keep_float)
+    keep_float = deploy_float_modules(deploy) + tuple(options["keep_float"]) + tuple(request.keep_float)
     paths = checked_calibration_paths(request.calib_images, request.calib_count)
 
     def progress(done: int, total: int) -> None:

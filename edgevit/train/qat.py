@@ -18,7 +18,7 @@ from ..errors import EdgevitError, Interrupted, Stopped
 from ..export.steps import Job, ModelSource
 from ..fileio import atomic_write_json, path_sha256
 from ..models.registry import Size, size_text
-from ..quant.flow import QuantizedDeploy
+from ..quant.flow import QuantizedDeploy, deploy_float_modules
 from ..quant.policy import untie_weights
 from ..quant.pt2e import _keep_float_quantizer, backend_quantizer
 from ..targets.registry import get_target, list_targets
@@ -244,7 +244,8 @@ def qat_export(
     model = create_model(model_name, init, input_size=size, num_classes=len(train.classes)).eval()
     on_step("prepare QAT")
     deploy = lower(model, chosen.options.get("lowering", target))
-    prepared = prepare_qat(deploy, train.images[:2], target, options, tuple(options["keep_float"]))
+    keep_float = deploy_float_modules(deploy) + tuple(options["keep_float"])
+    prepared = prepare_qat(deploy, train.images[:2], target, options, keep_float)
     init_sha = path_sha256(Path(init)) if init else None
     run = QATRun(model_name, target, chosen.name, size, train.classes, init_sha, graph_fingerprint(prepared))
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +264,7 @@ def qat_export(
         "weights": "int8 symmetric, " + ("per channel" if options["per_channel"] else "per tensor"),
         "activations": "int8, ranges learned in training",
         "io": options["io"],
-        "keep_float": list(options["keep_float"]),
+        "keep_float": list(keep_float),
         "qat": {
             "data": str(data),
             "classes": train.classes,
