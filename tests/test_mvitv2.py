@@ -104,14 +104,18 @@ def _perturbed_block(dim: int, dim_out: int, heads: int, grid, stride_q: int, st
 BLOCKS = [(16, 16, 1, (12, 12), 1, 4), (16, 32, 2, (8, 12), 2, 2), (32, 32, 2, (4, 4), 1, 1)]
 
 
-@pytest.mark.parametrize("target", ["executorch", "coreml"])
+@pytest.mark.parametrize("form", ["executorch", "executorch-products", "coreml"])
 @pytest.mark.parametrize("geometry", BLOCKS, ids=["stage1", "strided", "unpooled-keys"])
-def test_relative_positions_are_constant_products(target, geometry):
+def test_relative_positions_are_constant_products(form, geometry):
+    """Each layout's form; tokens last also as elementwise products, the form LiteRT's dynamic-range recipe
+    takes (``without_constant_batch_matmul``)."""
     dim, dim_out, heads, grid, stride_q, stride_kv = geometry
     attn = _perturbed_block(*geometry).attn
     q_grid, k_grid = train.pooled_grid(grid, stride_q, 3), train.pooled_grid(grid, stride_kv, 3)
-    layout = layout_for(target)
+    layout = layout_for(form.split("-")[0])
     bias = DeployRelPos(attn, q_grid, k_grid, layout)
+    if form.endswith("products"):
+        bias.without_constant_batch_matmul()
     batch, d, n, m = 2, dim_out // heads, q_grid[0] * q_grid[1], k_grid[0] * k_grid[1]
     q = torch.randn(batch, heads, n, d)
     expected = attn.rel_pos(q, q_grid, k_grid).reshape(batch * heads, n, m)

@@ -63,6 +63,7 @@ class DeployRelPos(nn.Module):
         super().__init__()
         self.q_grid, self.k_grid, self.heads = q_grid, k_grid, attn.num_heads
         self.channels_first = layout.channels_first
+        self.products = False  # tokens last: bmm with the tables (True: elementwise products)
         r_h, r_w = (t.detach() for t in train.rel_pos_tables(attn.rel_pos_h, attn.rel_pos_w, q_grid, k_grid))
         if self.channels_first:  # (heads*d, k, rows, 1) and (heads*d, k, 1, columns): the tables along the map
             self.register_buffer("r_h", r_h.permute(2, 1, 0).unsqueeze(-1).repeat(self.heads, 1, 1, 1))
@@ -71,13 +72,22 @@ class DeployRelPos(nn.Module):
             self.register_buffer("r_h", r_h.transpose(1, 2).repeat(self.heads, 1, 1))
             self.register_buffer("r_w", r_w.transpose(1, 2).repeat(self.heads, 1, 1))
 
+    def without_constant_batch_matmul(self) -> None:
+        """Tokens last, the terms as elementwise products summed over the head dim, as channels first computes
+        them (LiteRT's dynamic-range quantization turns a constant bmm operand into weights XNNPACK rejects)."""
+        if not self.channels_first and not self.products:
+            # (heads*rows, 1, k_h, d): one table per query row; (1, columns, k_w, d): one for every row
+            self.r_h = self.r_h.transpose(1, 2).unsqueeze(1)
+            self.r_w = self.r_w[: self.q_grid[1]].transpose(1, 2).unsqueeze(0)
+            self.products = True
+
     def _tables(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The tables for ``groups`` = batch * heads (batch 1 in an export: no repeat op in its graph)."""
         batch = groups // self.heads
         if batch == 1:
             return self.r_h, self.r_w
         repeat = (batch,) + (1,) * (self.r_h.dim() - 1)
-        return self.r_h.repeat(repeat), self.r_w.repeat(repeat)
+        return self.r_h.repeat(repeat), self.r_w if self.products else self.r_w.repeat(repeat)
 
     def forward(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return self._channels_first(logits, q) if self.channels_first else self._tokens_last(logits, q)
@@ -87,9 +97,13 @@ class DeployRelPos(nn.Module):
         (q_h, q_w), (k_h, k_w) = self.q_grid, self.k_grid
         G, N, d = q.shape
         r_h, r_w = self._tables(G)
-        rel_h = torch.bmm(q.reshape(G * q_h, q_w, d), r_h)  # query rows: (G*q_h, q_w, k_h)
-        columns = q.reshape(G, q_h, q_w, d).transpose(1, 2).reshape(G * q_w, q_h, d)
-        rel_w = torch.bmm(columns, r_w).reshape(G, q_w, q_h, k_w).transpose(1, 2)
+        if self.products:
+            rows = q.reshape(G * q_h, q_w, 1, d)
+            rel_h, rel_w = (rows * r_h).sum(dim=-1), (rows * r_w).sum(dim=-1)
+        else:
+            rel_h = torch.bmm(q.reshape(G * q_h, q_w, d), r_h)  # query rows: (G*q_h, q_w, k_h)
+            columns = q.reshape(G, q_h, q_w, d).transpose(1, 2).reshape(G * q_w, q_h, d)
+            rel_w = torch.bmm(columns, r_w).reshape(G, q_w, q_h, k_w).transpose(1, 2)
         logits = logits.reshape(G * N, k_h, k_w) + rel_h.reshape(G * N, k_h, 1) + rel_w.reshape(G * N, 1, k_w)
         return logits.reshape(G, N, k_h * k_w)
 

@@ -216,6 +216,10 @@ class TapLinear(nn.Module):
         self.register_buffer("weight", torch.zeros(taps, dim, dim))  # per tap: (C_in, C_out)
         self.as_linears = False  # one Linear per tap instead, for runtimes that quantize only Linear weights
 
+    def without_constant_batch_matmul(self) -> None:
+        """One Linear per tap (see ``targets.tflite``'s dynamic-range quantization)."""
+        self.as_linears = True
+
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
         if self.as_linears:
             return torch.stack([F.linear(stacked[t], self.weight[t].T) for t in range(len(self.weight))])
