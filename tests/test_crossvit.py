@@ -135,6 +135,21 @@ def test_whole_model_deploy_forms_match_on_real_photos():
             torch.testing.assert_close(deploy(photos), reference, atol=1e-4, rtol=0)
 
 
+def test_the_deploy_form_traces_at_any_batch_without_expand():
+    """QAT exports the deploy form with a dynamic batch; an expand there has no XNNPACK node."""
+    from torch.export import Dim
+
+    model = create_model("crossvit_test").eval()
+    images = torch.randn(2, 3, 120, 120)
+    for target in ("executorch", "coreml"):
+        deploy = lower(model, target)
+        program = torch.export.export(deploy, (images,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},))
+        ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+        assert not any("expand" in op for op in ops), sorted(ops)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(images), model(images), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("target", ["executorch", "tflite", "onnx", "coreml"])
 def test_crossvit_exports_to_every_target(artifact_cache, target):
     """The family's tiny registered variant (both branches, bicubic-resized large branch, two fusions)."""

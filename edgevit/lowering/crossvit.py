@@ -88,18 +88,14 @@ class DeployBranchEmbed(nn.Module):
         if self.resized:  # patch tokens come out column-major
             gh, gw = cfg.grid(branch)
             patches = patches.reshape(1, gh, gw, -1).transpose(1, 2).reshape(1, gh * gw, -1)
-        self.cls = layout.token_param(model.cls_token(branch).detach() + pos[:, :1])
-        self.pos = layout.token_param(patches)
+        # the CLS enters as position 0 of a zero token padded in front: no expand, so any batch, QAT's too
+        self.pos = layout.token_param(torch.cat([model.cls_token(branch).detach() + pos[:, :1], patches], dim=1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         L = self.layout
         if self.resized:
             image = self.rows(self.columns(image).transpose(2, 3))  # (B, C, W', H'): the resized image transposed
-        x = L.flatten_tokens(L.from_map(self.stem(image))) + self.pos
-        B = x.shape[0]
-        # expand has no XNNPACK node; at batch 1 (every export) the token is used as it is
-        cls = self.cls if B == 1 else self.cls.expand(B, *self.cls.shape[1:])
-        return L.cat_tokens([cls, x])
+        return L.pad_front_token(L.flatten_tokens(L.from_map(self.stem(image)))) + self.pos
 
 
 class DeployAttention(nn.Module):
