@@ -155,6 +155,21 @@ def test_whole_model_deploy_forms_match_on_real_photos():
             torch.testing.assert_close(lower(model, target)(images), reference, atol=1e-4, rtol=0)
 
 
+def test_the_tokens_last_form_traces_at_any_batch_without_repeat_or_expand():
+    """QAT exports the deploy form with a dynamic batch; repeat and expand have no XNNPACK node."""
+    from torch.export import Dim
+
+    model = create_model("mvitv2_test").eval()
+    images = torch.randn(2, 3, 64, 64)
+    program = torch.export.export(
+        lower(model, "executorch"), (images,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},)
+    )
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("repeat" in op or "expand" in op for op in ops), sorted(ops)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(images), model(images), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("target", ["executorch", "tflite", "onnx", "coreml"])
 def test_mvitv2_exports_to_every_target(artifact_cache, target):
     """The family's tiny registered variant: four stages, keys pooled 4x, Q-strided and plain blocks."""

@@ -81,29 +81,30 @@ class DeployRelPos(nn.Module):
             self.r_w = self.r_w[: self.q_grid[1]].transpose(1, 2).unsqueeze(0)
             self.products = True
 
-    def _tables(self, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tables for ``groups`` = batch * heads (batch 1 in an export: no repeat op in its graph)."""
-        batch = groups // self.heads
-        if batch == 1:
-            return self.r_h, self.r_w
-        repeat = (batch,) + (1,) * (self.r_h.dim() - 1)
-        return self.r_h.repeat(repeat), self.r_w if self.products else self.r_w.repeat(repeat)
-
     def forward(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return self._channels_first(logits, q) if self.channels_first else self._tokens_last(logits, q)
 
     def _tokens_last(self, logits: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """logits (G, N, M), q (G, N, d)."""
+        """logits (G, N, M), q (G, N, d), G = batch * heads. The tables are laid out for one image, every
+        export's batch; another batch (QAT traces a dynamic one) folds its images into the products' rows."""
         (q_h, q_w), (k_h, k_w) = self.q_grid, self.k_grid
         G, N, d = q.shape
-        r_h, r_w = self._tables(G)
+        B, H = G // self.heads, self.heads
+        one_image = isinstance(B, int) and B == 1
         if self.products:
             rows = q.reshape(G * q_h, q_w, 1, d)
-            rel_h, rel_w = (rows * r_h).sum(dim=-1), (rows * r_w).sum(dim=-1)
-        else:
-            rel_h = torch.bmm(q.reshape(G * q_h, q_w, d), r_h)  # query rows: (G*q_h, q_w, k_h)
+            r_h = self.r_h if one_image else self.r_h.repeat(B, 1, 1, 1)
+            rel_h, rel_w = (rows * r_h).sum(dim=-1), (rows * self.r_w).sum(dim=-1)
+        elif one_image:
+            rel_h = torch.bmm(q.reshape(G * q_h, q_w, d), self.r_h)  # query rows: (G*q_h, q_w, k_h)
             columns = q.reshape(G, q_h, q_w, d).transpose(1, 2).reshape(G * q_w, q_h, d)
-            rel_w = torch.bmm(columns, r_w).reshape(G, q_w, q_h, k_w).transpose(1, 2)
+            rel_w = torch.bmm(columns, self.r_w).reshape(G, q_w, q_h, k_w).transpose(1, 2)
+        else:
+            rows = q.reshape(B, H * q_h, q_w, d).transpose(0, 1).reshape(H * q_h, -1, d)
+            rel_h = torch.bmm(rows, self.r_h).reshape(H * q_h, B, q_w, k_h).transpose(0, 1)
+            columns = q.reshape(G, q_h, q_w, d).transpose(1, 2).reshape(B, H * q_w, q_h, d).transpose(0, 1)
+            rel_w = torch.bmm(columns.reshape(H * q_w, -1, d), self.r_w).reshape(H * q_w, B, q_h, k_w)
+            rel_w = rel_w.transpose(0, 1).reshape(G, q_w, q_h, k_w).transpose(1, 2)
         logits = logits.reshape(G * N, k_h, k_w) + rel_h.reshape(G * N, k_h, 1) + rel_w.reshape(G * N, 1, k_w)
         return logits.reshape(G, N, k_h * k_w)
 
@@ -111,7 +112,8 @@ class DeployRelPos(nn.Module):
         """logits (G, M, N), q (G, d, N)."""
         (q_h, q_w), (k_h, k_w) = self.q_grid, self.k_grid
         G, d, N = q.shape
-        r_h, r_w = self._tables(G)
+        batch = G // self.heads  # the tables are laid out for one image (every export); more repeat them
+        r_h, r_w = (self.r_h, self.r_w) if batch == 1 else (t.repeat(batch, 1, 1, 1) for t in (self.r_h, self.r_w))
         q = q.reshape(G * d, 1, q_h, q_w)
         rel_h = (q * r_h).reshape(G, d, k_h, N).sum(dim=1).reshape(G, k_h, 1, N)
         rel_w = (q * r_w).reshape(G, d, k_w, N).sum(dim=1).reshape(G, 1, k_w, N)
