@@ -149,8 +149,10 @@ def table(models: dict) -> str:
             cells.insert(2, f"{sqnr:.1f} dB" if sqnr is not None else "-")
             lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
     first = next(iter(models.values()))
+    others = ", ".join(f"{n} {r['size']}x{r['size']}" for n, r in models.items() if r["size"] != first["size"])
     return "\n".join(lines) + (
-        f"\n\nAt {first['size']}x{first['size']}, trained {first['epochs']} epochs on the 1,437 training digits, "
+        f"\n\nAt {first['size']}x{first['size']}{f' ({others})' if others else ''}, trained {first['epochs']} epochs "
+        "on the 1,437 training digits, "
         f"QAT {first['qat_epochs']} epochs from those weights; top-1 on the 360 held-out digits, each artifact "
         "in its own runtime (`benchmarks/accuracy.py`)."
     )
