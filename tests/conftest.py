@@ -183,6 +183,32 @@ def rerun(exported: Exported) -> dict[str, Any]:
     return verify_numerics(exported.artifact, reference, photos.numpy(), spec)
 
 
+TIMM_REFERENCE = Path(sys.prefix) / "timm-reference"  # timm 1.0.31 without its dependencies (`make install`)
+TIMM_SCRIPTS = Path(__file__).parent / "timm_reference"
+
+
+def write_timm_references(out: Path, photos: torch.Tensor, specs: tuple[str, ...]) -> Path:
+    """Checkpoints and logits written into ``out`` by timm's own code for ``specs`` (see
+    ``timm_reference/export_reference.py``), in a process of its own."""
+    import numpy as np
+
+    if not (TIMM_REFERENCE / "timm").is_dir():
+        pytest.fail(f"timm's reference code is not at {TIMM_REFERENCE}: run `make install`")
+    np.save(out / "photos.npy", photos.numpy())
+    env = os.environ | {"PYTHONPATH": f"{TIMM_REFERENCE}{os.pathsep}{TIMM_SCRIPTS}"}
+    script = TIMM_SCRIPTS / "export_reference.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(out / "photos.npy"), str(out), *specs],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("timm 1.0.31") == len(specs), proc.stdout
+    return out
+
+
 def check_gates(rows: dict[str, dict]) -> None:
     """LVT's gates, which every family meets, on the targets in ``rows`` (target -> manifest): one XNNPACK
     partition, Core ML at rank <= 4 with at most 20 transposes, builtin-only TFLite at rank <= 4, and the numerics

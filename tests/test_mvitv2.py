@@ -4,9 +4,6 @@ widths through XNNPACK."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,10 +19,8 @@ from edgevit.lowering.pooling import DeploySelfBlock
 from edgevit.models import create_model, get_entry
 from edgevit.models import mvitv2 as train
 
-from .conftest import check_gates, rerun, run_cli_here
+from .conftest import check_gates, rerun, run_cli_here, write_timm_references
 
-TIMM = Path(sys.prefix) / "timm-reference"  # timm 1.0.31 without its dependencies (`make install`)
-REFERENCE = Path(__file__).parent / "timm_reference"
 # a checkpoint as timm saves it, and one under the official repository's names fine-tuned to 10 classes
 TIMM_CHECKPOINTS = ("mvitv2_tiny", "mvitv2_small:original:10")
 
@@ -37,23 +32,8 @@ def photos() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def timm_references(tmp_path_factory, photos) -> Path:
-    """Checkpoints and logits written by timm's own MViTv2 code, in a process of its own."""
-    if not (TIMM / "timm").is_dir():
-        pytest.fail(f"timm's reference code is not at {TIMM}: run `make install`")
-    out = tmp_path_factory.mktemp("timm")
-    np.save(out / "photos.npy", photos.numpy())
-    env = os.environ | {"PYTHONPATH": f"{TIMM}{os.pathsep}{REFERENCE}"}
-    script = REFERENCE / "export_reference.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), str(out / "photos.npy"), str(out), *TIMM_CHECKPOINTS],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("timm 1.0.31") == len(TIMM_CHECKPOINTS), proc.stdout
-    return out
+    """Checkpoints and logits written by timm's own MViTv2 code."""
+    return write_timm_references(tmp_path_factory.mktemp("timm"), photos, TIMM_CHECKPOINTS)
 
 
 @pytest.mark.parametrize("spec", TIMM_CHECKPOINTS)
