@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import crossvit as train
+from ..models.layers import Attention
 from . import register_lowering
 from .blocks import DeployPreNormBlock, multi_head_attention, require_classifier
 from .layout import Layout
@@ -101,7 +102,7 @@ class DeployBranchEmbed(nn.Module):
 class DeployAttention(nn.Module):
     """ViT self-attention: one Q/K/V projection (tokens last) or three (channels first), the scale in K."""
 
-    def __init__(self, m: train.Attention, layout: Layout) -> None:
+    def __init__(self, m: Attention, layout: Layout) -> None:
         super().__init__()
         self.layout, self.heads = layout, m.num_heads
         C = m.proj.in_features

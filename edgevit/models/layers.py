@@ -1,4 +1,5 @@
-"""Blocks shared by the model families: stochastic depth, weight init and position-embedding resizing."""
+"""Blocks shared by the model families: the ViT MLP, attention and block, stochastic depth, weight init and
+position-embedding resizing."""
 
 from __future__ import annotations
 
@@ -69,3 +70,49 @@ def grid_of(tokens: int, like: tuple[int, int]) -> tuple[int, int]:
         if tokens % rows == 0 and rows * w == (tokens // rows) * h:
             return rows, tokens // rows
     raise ValueError(f"a position embedding of {tokens} tokens fits no grid shaped like {like}")
+
+
+class Mlp(nn.Module):
+    """fc1, GELU, fc2 (timm's ``Mlp`` keys); ``dim_out`` defaults to ``dim``."""
+
+    def __init__(self, dim: int, hidden: int, dim_out: int | None = None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim_out or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """ViT multi-head self-attention over (B, N, C) tokens (timm's ``vision_transformer.Attention`` keys)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block (timm keys: norm1, attn, norm2, mlp), LayerNorm eps 1e-6 as timm's ViTs."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, drop_path: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, grid_of, init_linear_and_norm, resize_pos_embed
+from .layers import DropPath, Mlp, grid_of, init_linear_and_norm, resize_pos_embed
 from .registry import InputSpec, ModelEntry, register_model
 
 __all__ = ["MMViTConfig", "MMViT", "PoolingAttention", "SelfBlock", "CrossBlock", "MMVIT_CONFIGS", "mmvit_filter_fn"]
@@ -180,17 +180,6 @@ class PoolingAttention(nn.Module):
         x = self.proj(x.transpose(1, 2).reshape(B, x.shape[2], -1))
         counts = [q.shape[2] for q in qs]
         return list(torch.split(x, counts, dim=1)), out_grids
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, dim_out: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 def shortcut_pool(x: torch.Tensor, grid: tuple[int, int], stride: int, has_cls: bool) -> torch.Tensor:

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, init_linear_and_norm
-from .mmvit import Mlp, shortcut_pool, skip_geometry
+from .layers import DropPath, Mlp, init_linear_and_norm
+from .mmvit import shortcut_pool, skip_geometry
 from .registry import InputSpec, ModelEntry, register_model
 
 __all__ = ["MViTv2Config", "MViTv2", "MultiScaleAttention", "MultiScaleBlock", "MVITV2_CONFIGS", "mvitv2_filter_fn"]
