@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import crossvit as train
-from ..models.layers import Attention
 from . import register_lowering
-from .blocks import DeployPreNormBlock, multi_head_attention, require_classifier
+from .blocks import DeployAttention, DeployPreNormBlock, require_classifier
 from .layout import Layout
 from .weights import conv_copy, linear_from
 
@@ -97,36 +96,6 @@ class DeployBranchEmbed(nn.Module):
         if self.resized:
             image = self.rows(self.columns(image).transpose(2, 3))  # (B, C, W', H'): the resized image transposed
         return L.pad_front_token(L.flatten_tokens(L.from_map(self.stem(image)))) + self.pos
-
-
-class DeployAttention(nn.Module):
-    """ViT self-attention: one Q/K/V projection (tokens last) or three (channels first), the scale in K."""
-
-    def __init__(self, m: Attention, layout: Layout) -> None:
-        super().__init__()
-        self.layout, self.heads = layout, m.num_heads
-        C = m.proj.in_features
-        w = m.qkv.weight.detach()
-        b = m.qkv.bias.detach() if m.qkv.bias is not None else torch.zeros(3 * C)
-        scale = torch.ones(3 * C)
-        scale[C : 2 * C] = m.scale
-        w, b = w * scale[:, None], b * scale
-        self.fused = layout.fuse_projections
-        if self.fused:
-            self.qkv = layout.linear(w, b)
-        else:
-            self.q, self.k, self.v = (layout.linear(w[i * C : (i + 1) * C], b[i * C : (i + 1) * C]) for i in range(3))
-        self.proj = layout.linear(m.proj.weight, m.proj.bias)
-        self.dim = C
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        L, C = self.layout, self.dim
-        if self.fused:
-            qkv = self.qkv(x)
-            q, k, v = L.channels(qkv, 0, C), L.channels(qkv, C, 2 * C), L.channels(qkv, 2 * C, 3 * C)
-        else:
-            q, k, v = self.q(x), self.k(x), self.v(x)
-        return self.proj(multi_head_attention(L, q, k, v, self.heads))
 
 
 class DeployProjection(nn.Module):
