@@ -182,7 +182,7 @@ class DeployMAFormer(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         L = self.layout
-        if tuple(image.shape[2:]) != self.img_size:
+        if not torch.jit.is_tracing() and tuple(image.shape[2:]) != self.img_size:
             raise ValueError(
                 f"this deploy form is built for {self.img_size} inputs (the GLD token FC fixes the size), got "
                 f"{tuple(image.shape[2:])}; build the model at the export input size"
