@@ -183,6 +183,39 @@ def rerun(exported: Exported) -> dict[str, Any]:
     return verify_numerics(exported.artifact, reference, photos.numpy(), spec)
 
 
+def assert_traces_at_any_batch(model: torch.nn.Module, size: int, targets=("executorch",)) -> None:
+    """QAT exports the deploy form with a dynamic batch: it must trace at any batch, without repeat or expand
+    (no XNNPACK node), and compute the training form's function at batch 2."""
+    from torch.export import Dim
+
+    from edgevit.lowering import lower
+
+    images = torch.randn(2, 3, size, size)
+    for target in targets:
+        program = torch.export.export(
+            lower(model, target), (images,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},)
+        )
+        ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+        assert not any("repeat" in op or "expand" in op for op in ops), sorted(ops)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(images), model(images), atol=1e-4, rtol=0)
+
+
+def assert_learns(model: torch.nn.Module, size: int, steps: int = 5) -> None:
+    """A few SGD steps on four images lower the training loss: gradients reach the weights that matter."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 3])
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+
+
 TIMM_REFERENCE = Path(sys.prefix) / "timm-reference"  # timm 1.0.31 without its dependencies (`make install`)
 TIMM_SCRIPTS = Path(__file__).parent / "timm_reference"
 

@@ -18,7 +18,7 @@ from edgevit.lowering.crossvit import DeployCrossAttentionBlock, bicubic_matrix,
 from edgevit.models import create_model, get_entry
 from edgevit.models import crossvit as train
 
-from .conftest import check_gates, rerun, run_cli_here, write_timm_references
+from .conftest import assert_traces_at_any_batch, check_gates, rerun, run_cli_here, write_timm_references
 
 # a published checkpoint of each registered timm variant: as timm saves it, under the official repository's
 # names, and fine-tuned to 10 classes
@@ -116,18 +116,7 @@ def test_whole_model_deploy_forms_match_on_real_photos():
 
 
 def test_the_deploy_form_traces_at_any_batch_without_expand():
-    """QAT exports the deploy form with a dynamic batch; an expand there has no XNNPACK node."""
-    from torch.export import Dim
-
-    model = create_model("crossvit_test").eval()
-    images = torch.randn(2, 3, 120, 120)
-    for target in ("executorch", "coreml"):
-        deploy = lower(model, target)
-        program = torch.export.export(deploy, (images,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},))
-        ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
-        assert not any("expand" in op for op in ops), sorted(ops)
-        with torch.no_grad():
-            torch.testing.assert_close(program.module()(images), model(images), atol=1e-4, rtol=0)
+    assert_traces_at_any_batch(create_model("crossvit_test").eval(), 120, targets=("executorch", "coreml"))
 
 
 @pytest.mark.parametrize("target", ["executorch", "tflite", "onnx", "coreml"])

@@ -16,7 +16,7 @@ from edgevit.models import create_model, get_entry
 from edgevit.models import maformer as train
 from edgevit.models.stats import model_stats
 
-from .conftest import check_gates, rerun, run_cli_here
+from .conftest import assert_learns, assert_traces_at_any_batch, check_gates, rerun, run_cli_here
 
 EACH_LAYOUT = pytest.mark.parametrize("target", ["executorch", "coreml"])
 
@@ -51,17 +51,7 @@ def test_every_open_choice_has_a_reason():
 
 
 def test_train_mode_learns():
-    model = create_model("maformer_test").train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
-    losses = []
-    for _ in range(5):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    assert_learns(create_model("maformer_test"), 64)
 
 
 def test_checkpoints_load_with_strict_keys_at_their_size_and_are_refused_at_another(tmp_path):
@@ -138,19 +128,8 @@ def test_deploy_form_refuses_another_input_size():
         deploy(torch.randn(1, 3, 96, 96))
 
 
-def test_the_tokens_last_form_traces_at_any_batch_without_repeat_or_expand():
-    """QAT exports the deploy form with a dynamic batch; repeat and expand have no XNNPACK node."""
-    from torch.export import Dim
-
-    model = create_model("maformer_test").eval()
-    images = torch.randn(2, 3, 64, 64)
-    program = torch.export.export(
-        lower(model, "executorch"), (images,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},)
-    )
-    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
-    assert not any("repeat" in op or "expand" in op for op in ops), sorted(ops)
-    with torch.no_grad():
-        torch.testing.assert_close(program.module()(images), model(images), atol=1e-4, rtol=0)
+def test_the_deploy_form_traces_at_any_batch_without_repeat_or_expand():
+    assert_traces_at_any_batch(create_model("maformer_test").eval(), 64)
 
 
 @pytest.mark.parametrize("target", ["executorch", "tflite", "onnx", "coreml"])

@@ -17,6 +17,8 @@ from edgevit.models.mmvit import MMVIT_CONFIGS, CrossBlock, MMViT, MMViTConfig, 
 from edgevit.models.stats import model_stats
 from edgevit.targets.audit import max_tensor_rank, op_counts
 
+from .conftest import assert_learns
+
 TOL = dict(atol=1e-5, rtol=0)
 TOKENS, COLUMNS = LAYOUTS["tokens-last"], LAYOUTS["channels-first"]
 EACH_LAYOUT = pytest.mark.parametrize("layout", list(LAYOUTS.values()), ids=list(LAYOUTS))
@@ -63,17 +65,7 @@ def test_views_overlap_and_grids_follow_the_strides():
 
 
 def test_train_mode_learns_and_shared_weights_halve_the_blocks():
-    model = tiny_mmvit(drop_path_rate=0.1).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
-    losses = []
-    for _ in range(5):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    assert_learns(tiny_mmvit(drop_path_rate=0.1), 64)
     shared = tiny_mmvit(share_view_weights=True)
     assert shared.stages[0].blocks[0][0] is shared.stages[0].blocks[0][1]
     assert sum(p.numel() for p in shared.parameters()) < sum(p.numel() for p in tiny_mmvit().parameters())

@@ -19,7 +19,7 @@ from edgevit.lowering.pooling import DeploySelfBlock
 from edgevit.models import create_model, get_entry
 from edgevit.models import mvitv2 as train
 
-from .conftest import check_gates, rerun, run_cli_here, write_timm_references
+from .conftest import assert_traces_at_any_batch, check_gates, rerun, run_cli_here, write_timm_references
 
 # a checkpoint as timm saves it, and one under the official repository's names fine-tuned to 10 classes
 TIMM_CHECKPOINTS = ("mvitv2_tiny", "mvitv2_small:original:10")
@@ -136,18 +136,7 @@ def test_whole_model_deploy_forms_match_on_real_photos():
 
 
 def test_the_tokens_last_form_traces_at_any_batch_without_repeat_or_expand():
-    """QAT exports the deploy form with a dynamic batch; repeat and expand have no XNNPACK node."""
-    from torch.export import Dim
-
-    model = create_model("mvitv2_test").eval()
-    images = torch.randn(2, 3, 64, 64)
-    program = torch.export.export(
-        lower(model, "executorch"), (images,), dynamic_shapes=({0: Dim("batch", min=1, max=64)},)
-    )
-    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
-    assert not any("repeat" in op or "expand" in op for op in ops), sorted(ops)
-    with torch.no_grad():
-        torch.testing.assert_close(program.module()(images), model(images), atol=1e-4, rtol=0)
+    assert_traces_at_any_batch(create_model("mvitv2_test").eval(), 64)
 
 
 @pytest.mark.parametrize("target", ["executorch", "tflite", "onnx", "coreml"])

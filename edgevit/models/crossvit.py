@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import Block, DropPath, grid_of, init_linear_and_norm, resize_pos_embed
-from .registry import InputSpec, ModelEntry, register_model
+from .registry import InputSpec, register_config
 
 __all__ = ["CrossViTConfig", "CrossViT", "CrossAttention", "MultiScaleBlock", "CROSSVIT_CONFIGS", "crossvit_filter_fn"]
 
@@ -320,32 +320,13 @@ def crossvit_filter_fn(state_dict: dict[str, torch.Tensor], model: CrossViT) -> 
     return state
 
 
-def _build(
-    name: str, num_classes: int | None = None, features_only: bool = False, img_size: tuple[int, int] | None = None
-) -> CrossViT:
-    cfg = replace(CROSSVIT_CONFIGS[name], img_size=img_size or CROSSVIT_CONFIGS[name].img_size)
-    if num_classes is not None:
-        cfg = replace(cfg, num_classes=num_classes)
-    return CrossViT(cfg, features_only=features_only)
-
-
 # timm's data config: bicubic, crop 0.875; sizes in steps of 120 keep both branches' patch grids whole
 CROSSVIT_SPEC = InputSpec(size=240, size_multiple=120, crop_pct=0.875)
 
 
-def _register(name: str, description: str, spec: InputSpec = CROSSVIT_SPEC, **flags: bool) -> None:
-    entry = ModelEntry(
-        name,
-        partial(_build, name),
-        input_spec=spec,
-        description=description,
-        filter_fn=crossvit_filter_fn,
-        sized=True,
-        classifier="head.0",
-        **flags,
-    )
-    register_model(entry)
-
+_register = partial(
+    register_config, CrossViT, CROSSVIT_CONFIGS, spec=CROSSVIT_SPEC, filter_fn=crossvit_filter_fn, classifier="head.0"
+)
 
 _register("crossvit_tiny_240", "CrossViT-Ti (timm crossvit_tiny_240), 12/16 px branches, dims 96/192")
 _register("crossvit_9_240", "CrossViT-9 (timm crossvit_9_240), 12/16 px branches, dims 128/256")
@@ -354,6 +335,6 @@ _register("crossvit_mobile_240", "CrossViT for phones: dims 96/192, CrossViT-9's
 _register(
     "crossvit_test",
     "tiny CrossViT (two branches, two fusions, 10 classes, 120x120) for tests and plumbing checks",
-    replace(CROSSVIT_SPEC, size=120),
+    spec=replace(CROSSVIT_SPEC, size=120),
     test=True,
 )

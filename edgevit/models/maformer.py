@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import EdgevitError
 from .layers import Block, DropPath, Mlp, init_linear_and_norm
-from .registry import InputSpec, ModelEntry, register_model
+from .registry import InputSpec, register_config
 
 __all__ = [
     "MAFormerConfig",
@@ -334,32 +334,12 @@ def maformer_filter_fn(state_dict: dict[str, torch.Tensor], model: MAFormer) -> 
     return state_dict
 
 
-def _build(
-    name: str, num_classes: int | None = None, features_only: bool = False, img_size: Grid | None = None
-) -> MAFormer:
-    cfg = replace(MAFORMER_CONFIGS[name], img_size=img_size or MAFORMER_CONFIGS[name].img_size)
-    if num_classes is not None:
-        cfg = replace(cfg, num_classes=num_classes)
-    return MAFormer(cfg, features_only=features_only)
-
-
 # ImageNet's usual data config (bicubic, crop 0.9, as Swin); sides are multiples of 32 (four halvings after
 # the 4x stem) and each size is its own model (the token FC)
 MAFORMER_SPEC = InputSpec(size=224, size_multiple=32, crop_pct=0.9)
 
 
-def _register(name: str, description: str, spec: InputSpec = MAFORMER_SPEC, **flags: bool) -> None:
-    entry = ModelEntry(
-        name,
-        partial(_build, name),
-        input_spec=spec,
-        description=description,
-        filter_fn=maformer_filter_fn,
-        sized=True,
-        **flags,
-    )
-    register_model(entry)
-
+_register = partial(register_config, MAFormer, MAFORMER_CONFIGS, spec=MAFORMER_SPEC, filter_fn=maformer_filter_fn)
 
 _register(
     "maformer_tiny",
@@ -370,6 +350,6 @@ _register("maformer_small", "MAFormer with CSWin-T's widths and depths, GLD to a
 _register(
     "maformer_test",
     "tiny MAFormer (four stages, 10 classes, 64x64) for tests and plumbing checks",
-    replace(MAFORMER_SPEC, size=64),
+    spec=replace(MAFORMER_SPEC, size=64),
     test=True,
 )

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import DropPath, Mlp, grid_of, init_linear_and_norm, resize_pos_embed
-from .registry import InputSpec, ModelEntry, register_model
+from .registry import InputSpec, register_config
 
 __all__ = ["MMViTConfig", "MMViT", "PoolingAttention", "SelfBlock", "CrossBlock", "MMVIT_CONFIGS", "mmvit_filter_fn"]
 
@@ -411,15 +411,6 @@ def mmvit_filter_fn(state_dict: dict[str, torch.Tensor], model: MMViT) -> dict[s
     return state
 
 
-def _build(
-    name: str, num_classes: int | None = None, features_only: bool = False, img_size: tuple[int, int] | None = None
-) -> MMViT:
-    cfg = replace(MMVIT_CONFIGS[name], img_size=img_size or MMVIT_CONFIGS[name].img_size)
-    if num_classes is not None:
-        cfg = replace(cfg, num_classes=num_classes)
-    return MMViT(cfg, features_only=features_only)
-
-
 # MMViT was evaluated on audio as well: the same code on 1-channel log-mel spectrograms, 128 mel bins x 512
 # frames (about 5 s at a 10 ms hop), as AST and MMViT's audio experiments feed them
 AUDIO_SPEC = InputSpec(
@@ -427,31 +418,22 @@ AUDIO_SPEC = InputSpec(
 )
 
 
-def _register(name: str, description: str, spec: InputSpec | None = None, **flags: bool) -> None:
-    entry = ModelEntry(
-        name,
-        partial(_build, name),
-        input_spec=spec or InputSpec(),
-        description=description,
-        filter_fn=mmvit_filter_fn,
-        sized=True,
-        **flags,
-    )
-    register_model(entry)
-
+_register = partial(register_config, MMViT, MMVIT_CONFIGS, spec=InputSpec(), filter_fn=mmvit_filter_fn)
 
 _register("mmvit_xs", "MMViT, two overlapping conv views, cross-view attention per stage, dims 16-128", benchmark=True)
 _register("mmvit_s", "MMViT, two overlapping conv views, cross-view attention per stage, dims 26-208", benchmark=True)
-_register("mmvit_xs_audio", "mmvit_xs on 1-channel 128x512 log-mel spectrograms (527 AudioSet classes)", AUDIO_SPEC)
+_register(
+    "mmvit_xs_audio", "mmvit_xs on 1-channel 128x512 log-mel spectrograms (527 AudioSet classes)", spec=AUDIO_SPEC
+)
 _register(
     "mmvit_test",
     "tiny MMViT (four stages, 10 classes, 64x64) for tests and plumbing checks",
-    InputSpec(size=64),
+    spec=InputSpec(size=64),
     test=True,
 )
 _register(
     "mmvit_audio_test",
     "tiny MMViT on 1-channel 64x256 spectrograms (527 classes) for tests and plumbing checks",
-    replace(AUDIO_SPEC, size=(64, 256)),
+    spec=replace(AUDIO_SPEC, size=(64, 256)),
     test=True,
 )

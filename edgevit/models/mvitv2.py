@@ -36,7 +36,7 @@ from torch import nn
 
 from .layers import DropPath, Mlp, init_linear_and_norm
 from .mmvit import shortcut_pool, skip_geometry
-from .registry import InputSpec, ModelEntry, register_model
+from .registry import InputSpec, register_config
 
 __all__ = ["MViTv2Config", "MViTv2", "MultiScaleAttention", "MultiScaleBlock", "MVITV2_CONFIGS", "mvitv2_filter_fn"]
 
@@ -367,33 +367,19 @@ def mvitv2_filter_fn(state_dict: dict[str, torch.Tensor], model: MViTv2) -> dict
     return state
 
 
-def _build(
-    name: str, num_classes: int | None = None, features_only: bool = False, img_size: tuple[int, int] | None = None
-) -> MViTv2:
-    cfg = replace(MVITV2_CONFIGS[name], img_size=img_size or MVITV2_CONFIGS[name].img_size)
-    if num_classes is not None:
-        cfg = replace(cfg, num_classes=num_classes)
-    return MViTv2(cfg, features_only=features_only)
-
-
 # timm's data config: bicubic, crop 0.9; the grid halves three times after the 4x stem, so sides are multiples
 # of 32, and the relative-position tables are learned for one size (resized when a checkpoint is loaded)
 MVITV2_SPEC = InputSpec(size=224, size_multiple=32, crop_pct=0.9)
 
 
-def _register(name: str, description: str, spec: InputSpec = MVITV2_SPEC, **flags: bool) -> None:
-    entry = ModelEntry(
-        name,
-        partial(_build, name),
-        input_spec=spec,
-        description=description,
-        filter_fn=mvitv2_filter_fn,
-        sized=True,
-        classifier=("head.fc", "head.projection"),  # timm's name, the official code's
-        **flags,
-    )
-    register_model(entry)
-
+_register = partial(
+    register_config,
+    MViTv2,
+    MVITV2_CONFIGS,
+    spec=MVITV2_SPEC,
+    filter_fn=mvitv2_filter_fn,
+    classifier=("head.fc", "head.projection"),  # timm's name, the official code's
+)
 
 _register("mvitv2_tiny", "MViTv2-T (timm mvitv2_tiny), pooling attention with relative positions, dims 96-768")
 _register("mvitv2_small", "MViTv2-S (timm mvitv2_small), MViTv2-T with 11 blocks in stage 3")
@@ -401,6 +387,6 @@ _register("mvitv2_mobile", "MViTv2 for phones: MViTv2-T's depths at dims 48-384,
 _register(
     "mvitv2_test",
     "tiny MViTv2 (four stages, 10 classes, 64x64) for tests and plumbing checks",
-    replace(MVITV2_SPEC, size=64),
+    spec=replace(MVITV2_SPEC, size=64),
     test=True,
 )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -87,6 +88,26 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     """Add a model variant (called at the foot of its family's module)."""
     _REGISTRY[entry.name] = entry
     return entry
+
+
+def _build_from_config(
+    model_class: type, config, num_classes: int | None = None, features_only: bool = False, img_size=None
+) -> nn.Module:
+    config = replace(config, img_size=img_size or config.img_size)
+    if num_classes is not None:
+        config = replace(config, num_classes=num_classes)
+    return model_class(config, features_only=features_only)
+
+
+def register_config(
+    model_class: type, configs: dict, name: str, description: str, spec: InputSpec, **fields
+) -> ModelEntry:
+    """Register variant ``name`` built as ``model_class(configs[name])``: a frozen config dataclass with
+    ``img_size`` and ``num_classes`` fields, learned for one input size (``sized``). ``fields`` are the entry's
+    others (``filter_fn``, ``classifier``, ``benchmark``, ``test``). A family binds its class, configs and
+    defaults once: ``_register = partial(register_config, MyModel, MY_CONFIGS, spec=MY_SPEC, filter_fn=...)``."""
+    builder = partial(_build_from_config, model_class, configs[name])
+    return register_model(ModelEntry(name, builder, input_spec=spec, description=description, sized=True, **fields))
 
 
 def list_models(include_test: bool = False) -> list[str]:
