@@ -81,11 +81,11 @@ def test_windows_at_rank_4_equal_the_rank_6_partition(target, grid, window):
     Hp, Wp = windows.padded
     padded = torch.nn.functional.pad(x.reshape(B, *grid, C), (0, 0, 0, Wp - grid[1], 0, Hp - grid[0]))
     expected = train.window_partition(padded, window)  # (B*nW, w*w, C)
-    got = windows.partition(_as_layout(x, target))
+    got = windows.partition(windows.pad(_as_layout(x, target)))
     if layout_for(target).channels_first:  # (B*nW, C, 1, w*w)
         got = got.squeeze(2).transpose(1, 2)
     assert torch.equal(got, expected)
-    back = windows.reverse(windows.partition(_as_layout(x, target)))
+    back = windows.crop(windows.reverse(windows.partition(windows.pad(_as_layout(x, target)))))
     assert torch.equal(back, _as_layout(x, target))
 
 
@@ -167,3 +167,18 @@ def test_maformer_tiny_widths_are_one_xnnpack_partition(tmp_path):
     with torch.no_grad():
         numerics = compare(model(photos).numpy(), got)
     assert numerics["max_abs_diff"] < 1e-3 and numerics["top1_agreement"] == 1.0, numerics
+
+
+def test_qat_observes_tensors_only():
+    """Under QAT's dynamic batch the windows' batch is a symbolic product (batch x windows); LiteRT's quantizer
+    annotates that Python multiplication as a ``mul``, and a fake quantizer on an int fails the first step."""
+    from edgevit.quant.flow import quant_options
+    from edgevit.recipe import get_recipe
+    from edgevit.train.qat import prepare_qat
+
+    recipe = get_recipe("tflite-int8")
+    deploy = lower(create_model("maformer_test"), "tflite")
+    prepared = prepare_qat(deploy, torch.randn(2, 3, 64, 64), "tflite", quant_options(recipe), ())
+    observed = [n.args[0] for n in prepared.graph.nodes if n.op == "call_module" and "post_process" in str(n.target)]
+    assert observed and all(isinstance(n.meta.get("val"), torch.Tensor) for n in observed)
+    prepared(torch.randn(3, 3, 64, 64))  # a training-mode step's forward at another batch

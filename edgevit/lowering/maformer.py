@@ -25,47 +25,70 @@ from .blocks import DeployAttention, DeployMlp, DeployPreNormBlock, multi_head_a
 from .layout import Grid, Layout
 from .weights import linear_from
 
-__all__ = ["DeployMAFormer", "DeployMAFBlock", "DeployGLD", "Windows"]
+__all__ = ["DeployMAFormer", "DeployMAFBlock", "DeployWindowAttention", "DeployGLD", "Windows"]
 
 
 class Windows:
-    """Window partition and reverse of a map padded up to whole ``window`` x ``window`` windows, at rank <= 4."""
+    """Window partition and reverse of a map padded up to whole ``window`` x ``window`` windows, at rank <= 4:
+    ``pad`` (tokens -> padded map), ``partition`` (padded map -> windows in the batch), ``reverse`` and ``crop``
+    (padded map -> tokens)."""
 
     def __init__(self, grid: Grid, window: int, layout: Layout) -> None:
         self.grid, self.window, self.layout = grid, window, layout
         self.padded = train.padded_grid(grid, window)
 
-    def partition(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens of the grid -> the windows' tokens, windows in the batch: (B*nW, w*w, C) tokens last,
-        (B*nW, C, 1, w*w) channels first."""
-        (H, W), (Hp, Wp), w = self.grid, self.padded, self.window
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens of the grid -> the map padded with zeros: (B, Hp, Wp, C) tokens last, (B, C, Hp, Wp) channels
+        first."""
+        (H, W), (Hp, Wp) = self.grid, self.padded
         if self.layout.channels_first:
-            B, C = x.shape[:2]
-            x = F.pad(x.reshape(B, C, H, W), (0, Wp - W, 0, Hp - H))
-            x = x.reshape(B * C * (Hp // w), w, Wp // w, w).transpose(1, 2)  # (B*C*nWh, nWw, w, w)
-            x = x.reshape(B, C, -1, w * w).transpose(1, 2)  # (B, nW, C, w*w)
+            return F.pad(x.reshape(x.shape[0], x.shape[1], H, W), (0, Wp - W, 0, Hp - H))
+        return F.pad(x.reshape(x.shape[0], H, W, x.shape[-1]), (0, 0, 0, Wp - W, 0, Hp - H))
+
+    def partition(self, x: torch.Tensor) -> torch.Tensor:
+        """The padded map -> the windows' tokens, windows in the batch: (B*nW, w*w, C) tokens last,
+        (B*nW, C, 1, w*w) channels first."""
+        (Hp, Wp), w = self.padded, self.window
+        if self.layout.channels_first:
+            C = x.shape[1]
+            x = x.reshape(-1, w, Wp // w, w).transpose(1, 2)  # (B*C*nWh, nWw, w, w)
+            x = x.reshape(-1, C, (Hp // w) * (Wp // w), w * w).transpose(1, 2)  # (B, nW, C, w*w)
             return x.reshape(-1, C, 1, w * w)
-        B, C = x.shape[0], x.shape[-1]
-        x = F.pad(x.reshape(B, H, W, C), (0, 0, 0, Wp - W, 0, Hp - H))
-        x = x.reshape(B * (Hp // w), w, Wp // w, w * C).transpose(1, 2)  # (B*nWh, nWw, w, w*C)
+        C = x.shape[-1]
+        x = x.reshape(-1, w, Wp // w, w * C).transpose(1, 2)  # (B*nWh, nWw, w, w*C)
         return x.reshape(-1, w * w, C)
 
     def reverse(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`partition`'s inverse, the padding cropped: the grid's tokens, (B, N, C) or (B, C, 1, N)."""
-        (H, W), (Hp, Wp), w = self.grid, self.padded, self.window
+        """:meth:`partition`'s inverse: the padded map."""
+        (Hp, Wp), w = self.padded, self.window
         nWh, nWw = Hp // w, Wp // w
         if self.layout.channels_first:
             C = x.shape[1]
             x = x.reshape(-1, nWh * nWw, C, w * w).transpose(1, 2)  # (B, C, nW, w*w)
-            x = x.reshape(-1, nWw, w, w).transpose(1, 2).reshape(-1, C, Hp, Wp)
-            if (Hp, Wp) != (H, W):
-                x = x[:, :, :H, :W]
-            return x.reshape(x.shape[0], C, 1, H * W)
+            return x.reshape(-1, nWw, w, w).transpose(1, 2).reshape(-1, C, Hp, Wp)
         C = x.shape[-1]
-        x = x.reshape(-1, nWw, w, w * C).transpose(1, 2).reshape(-1, Hp, Wp, C)
-        if (Hp, Wp) != (H, W):
-            x = x[:, :H, :W]
-        return x.reshape(x.shape[0], H * W, C)
+        return x.reshape(-1, nWw, w, w * C).transpose(1, 2).reshape(-1, Hp, Wp, C)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """The padded map -> the grid's tokens, (B, N, C) or (B, C, 1, N)."""
+        (H, W), (Hp, Wp) = self.grid, self.padded
+        if self.layout.channels_first:
+            x = x[:, :, :H, :W] if (Hp, Wp) != (H, W) else x
+            return x.reshape(x.shape[0], x.shape[1], 1, H * W)
+        x = x[:, :H, :W] if (Hp, Wp) != (H, W) else x
+        return x.reshape(x.shape[0], H * W, x.shape[-1])
+
+
+class DeployWindowAttention(DeployAttention):
+    """The local branch: ViT self-attention with the windows in the batch (the softmax scale in K)."""
+
+    def __init__(self, m: train.WindowAttention, grid: Grid, layout: Layout) -> None:
+        super().__init__(m, layout)
+        self.windows = Windows(grid, m.window, layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        W = self.windows
+        return W.crop(W.reverse(super().forward(W.partition(W.pad(x)))))
 
 
 class DeployGLD(nn.Module):
@@ -119,8 +142,7 @@ class DeployMAFBlock(nn.Module):
     def __init__(self, m: train.MAFBlock, layout: Layout) -> None:
         super().__init__()
         self.norm1 = layout.norm(m.norm1)
-        self.windows = Windows(m.grid, m.local.window, layout)
-        self.local = DeployAttention(m.local, layout)
+        self.local = DeployWindowAttention(m.local, m.grid, layout)
         self.gld = DeployGLD(m.gld, layout)
         self.fuse = DeployFusion(m.fuse, layout)
         self.norm2 = layout.norm(m.norm2)
@@ -128,8 +150,7 @@ class DeployMAFBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.norm1(x)
-        local = self.windows.reverse(self.local(self.windows.partition(n)))
-        x = x + self.fuse(local, self.gld(n))
+        x = x + self.fuse(self.local(n), self.gld(n))
         return x + self.mlp(self.norm2(x))
 
 

@@ -63,12 +63,30 @@ def _keep_float_quantizer(inner, keep_float: tuple[str, ...], extra_types: tuple
                 annotated = inner.annotate(model)
             finally:
                 del model.recompile, model.graph.eliminate_dead_code
+            _unannotate_sizes(annotated)
             return annotated
 
         def validate(self, model: fx.GraphModule) -> None:
             inner.validate(model)
 
     return KeepFloat()
+
+
+def _is_tensor(node) -> bool:
+    return isinstance(getattr(node, "meta", {}).get("val"), torch.Tensor)
+
+
+def _unannotate_sizes(model: fx.GraphModule) -> None:
+    """No observer on a size: a quantizer matching ``mul`` by name annotates Python multiplications of symbolic
+    sizes too (a dynamic batch times a window count, under QAT), and a fake quantizer cannot take an int."""
+    for node in model.graph.nodes:
+        annotation = node.meta.get("quantization_annotation")
+        if annotation is None:
+            continue
+        if not _is_tensor(node):
+            annotation.output_qspec = None
+        for arg in [a for a in annotation.input_qspec_map if not _is_tensor(a)]:
+            del annotation.input_qspec_map[arg]
 
 
 def calibrated(
