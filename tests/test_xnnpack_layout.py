@@ -77,7 +77,7 @@ def test_layout_passes_remove_transposes_and_keep_every_output_bit(block_and_inp
 
 class EveryPassFires(nn.Module):
     """A block on which several of XNNPACK's passes change the graph: conv + batch norm + ReLU, bilinear
-    upsampling, a concat of six and max pooling."""
+    upsampling, a concat of six, max pooling, and a 4-D permute there and back (edgevit's layout passes)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -87,12 +87,14 @@ class EveryPassFires(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn(self.conv(x)))
         y = nn.functional.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
-        return nn.functional.max_pool2d(torch.cat([y[:, i : i + 1] for i in range(6)], dim=1), 2)
+        y = nn.functional.max_pool2d(torch.cat([y[:, i : i + 1] for i in range(6)], dim=1), 2)
+        return (y.permute(0, 2, 3, 1) * 2.0).permute(0, 3, 1, 2)
 
 
 def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_same(monkeypatch):
-    """The two export-time savings (passes that change nothing skip their retrace, node provenance is shared)
-    leave the program byte for byte as the default lowering writes it."""
+    """The export-time savings (passes that change nothing skip their retrace, passes that keep every value
+    recompile instead of retracing, node provenance is shared) leave the program byte for byte as the default
+    lowering writes it."""
     from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
     from executorch.exir.pass_base import ExportPass
 
@@ -103,9 +105,11 @@ def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_sa
     for pass_class, needed in _xnnpack_passes.PATTERN_OPS.items():
         assert all(needed <= _xnnpack_passes.graph_ops(graph) for graph in patterns[pass_class.__name__])
 
-    retraces = []
+    retraces, kept = [], []
     retrace = ExportPass.call
     monkeypatch.setattr(ExportPass, "call", lambda self, gm: retraces.append(1) or retrace(self, gm))
+    traced = _xnnpack_passes.traced
+    monkeypatch.setattr(_xnnpack_passes, "traced", lambda gm: kept.append(1) or traced(gm))
     torch.manual_seed(0)
     model = EveryPassFires().eval()
     model.bn.running_mean.uniform_(-1, 1)
@@ -113,6 +117,7 @@ def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_sa
     recipe = get_recipe("executorch-xnnpack-fp32")
     fast = et.export(model, example, recipe)
     fast_retraces = len(retraces)
+    assert len(kept) >= 3  # the permute pinning, the copy removal and the round-trip removal, not retraced
     # and with the node provenance copied, as torch does by default (edgevit shares it while lowering)
     monkeypatch.setattr(_xnnpack_passes, "lazy", lambda pass_class: pass_class)
     monkeypatch.setattr(provenance, "shared_provenance", contextlib.nullcontext)

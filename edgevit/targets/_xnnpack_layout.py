@@ -82,6 +82,8 @@ class PinPermutesContiguousPass(XNNPACKPass):
     """Follow each 4-D permute by a copy to contiguous storage, so what comes after it stays NCHW-tagged.
     In an int8 graph the copy goes behind the permute's quantize/dequantize pair, with a pair of its own."""
 
+    keeps_values = True  # copies and requantizations of values already there
+
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         graph = graph_module.graph
         pinned = 0
@@ -143,6 +145,8 @@ class PinPermutesContiguousPass(XNNPACKPass):
 
 class RemoveLayoutRoundTripsPass(XNNPACKPass):
     """Replace each chain of layout ops that leaves the bytes in place by one relabelling reshape."""
+
+    keeps_values = True  # the reshape's value is the chain's end's
 
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         graph = graph_module.graph

@@ -8,14 +8,19 @@ drop most of that time:
 - a pass whose own rewrite left the graph's structure as it was (same nodes, targets and arguments) skips the
   retrace and reports "not modified", so the program is not rebuilt and re-verified either;
 - the two pattern passes that export their patterns on every call (SDPA and bilinear upsampling) are skipped
-  when the graph lacks ops that every one of their patterns contains, so no pattern can match.
+  when the graph lacks ops that every one of their patterns contains, so no pattern can match;
+- a pass that only removes or bypasses nodes whose output equals their input (copies, layout round trips, a
+  max pool's unused indices) leaves every surviving node's traced value as it was: when every node still has
+  one, the graph is cleaned and recompiled instead of retraced (``test_xnnpack_layout`` checks the bytes).
 """
 
 from __future__ import annotations
 
 import torch
+from executorch.backends.transforms.remove_getitem_op import RemoveGetItemPass
 from executorch.backends.xnnpack._passes.convert_to_sdpa import ConvertToSDPAPass
 from executorch.backends.xnnpack._passes.convert_to_upsample_bilinear2d import ConvertToUpsampleBilinear2d
+from executorch.backends.xnnpack._passes.remove_redundant_copy_pass import RemoveRedundantCopyPass
 from executorch.exir.pass_base import ExportPass, PassResult
 
 # ops that each of the pass's patterns contains (``test_xnnpack_layout`` checks this against the patterns): a graph
@@ -24,6 +29,20 @@ PATTERN_OPS: dict[type, frozenset[str]] = {
     ConvertToSDPAPass: frozenset({"aten.logical_not.default", "aten.where.self", "aten.any.dim"}),
     ConvertToUpsampleBilinear2d: frozenset({"aten.upsample_bilinear2d.vec"}),
 }
+
+
+# passes whose rewrite keeps the value of every node that survives it (edgevit's own layout passes say so with
+# ``keeps_values = True``)
+VALUE_KEEPING: frozenset[type] = frozenset({RemoveGetItemPass, RemoveRedundantCopyPass})
+
+
+def keeps_values(pass_class: type) -> bool:
+    return pass_class in VALUE_KEEPING or getattr(pass_class, "keeps_values", False)
+
+
+def traced(graph_module: torch.fx.GraphModule) -> bool:
+    """Every op of the graph carries its traced value (a node a pass created without one needs the retrace)."""
+    return all("val" in n.meta for n in graph_module.graph.nodes if n.op in ("call_function", "placeholder"))
 
 
 def structure(graph_module: torch.fx.GraphModule) -> tuple:
@@ -41,9 +60,15 @@ class _RetraceOnlyIfChanged(ExportPass):
 
     _structure_at_start: tuple = ()
 
+    _values_kept: bool = False
+
     def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
         if structure(graph_module) == self._structure_at_start:
             return PassResult(graph_module, False)
+        if self._values_kept and traced(graph_module):
+            graph_module.graph.eliminate_dead_code()
+            graph_module.recompile()
+            return PassResult(graph_module, True)
         return super().call(graph_module)
 
 
@@ -69,6 +94,8 @@ def lazy(pass_class: type) -> type:
     needed = PATTERN_OPS.get(pass_class, frozenset())
 
     class Lazy(pass_class, _RetraceOnlyIfChanged):
+        _values_kept = keeps_values(pass_class)
+
         def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
             if needed and not needed <= graph_ops(graph_module):
                 return PassResult(graph_module, False)
