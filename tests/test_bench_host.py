@@ -10,18 +10,25 @@ import pytest
 from edgevit.bench.op_profile import WRAPPERS, summarize
 from edgevit.errors import EdgevitError
 
-from .conftest import run_cli, run_cli_here
+from .conftest import CliResult, run_cli, run_cli_here
 
 FAST = ("--warmup", "1", "--runs", "5", "--min-seconds", "0")
 
 
-@pytest.fixture(scope="module")
-def bench_run(tiny_artifacts, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    paths = [str(tiny_artifacts[s]) for s in (".pte", ".tflite", ".onnx", ".mlpackage")]
-    json_plot = ("--json", str(out / "b.json"), "--plot", str(out / "b.png"))
-    proc = run_cli("bench", *paths, *FAST, "--rounds", "2", "--op-profiling", *json_plot)
-    return proc, out
+@pytest.fixture(scope="session")
+def bench_run(tiny_artifacts, artifact_cache):
+    """One `edgevit bench` of the four tiny artifacts with its JSON and plot, run once for both workers: the
+    command's result and the folder it wrote."""
+
+    def build(out):
+        json_plot = ("--json", str(out / "b.json"), "--plot", str(out / "b.png"))
+        paths = [str(tiny_artifacts[s]) for s in (".pte", ".tflite", ".onnx", ".mlpackage")]
+        proc = run_cli("bench", *paths, *FAST, "--rounds", "2", "--op-profiling", *json_plot)
+        result = {"returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+        (out / "command.json").write_text(json.dumps(result))
+
+    out = artifact_cache.folder("bench-tiny-artifacts", build)
+    return CliResult(**json.loads((out / "command.json").read_text())), out
 
 
 def test_bench_times_every_host_runtime(bench_run):

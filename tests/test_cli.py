@@ -20,7 +20,7 @@ from edgevit.data import load_images
 from edgevit.models import create_model, get_entry
 from edgevit.runtime import open_runner
 
-from .conftest import EDGEVIT, run_cli
+from .conftest import EDGEVIT, run_cli, run_cli_here
 
 
 def test_existing_artifact_needs_force(tmp_path):
@@ -182,7 +182,7 @@ def test_target_all_writes_every_target_and_exits_3_when_one_fails(tmp_path):
         reference = model(photos).numpy()
     assert np.abs(reference - open_runner(pte).run_batch(photos.numpy())).max() < 1e-4
 
-    again = run_cli(*args, "--output-dir", str(out), "--json")
+    again = run_cli_here(*args, "--output-dir", str(out), "--json")
     assert again.returncode == 3, again.stderr
     failed = json.loads(again.stdout)
     assert [r["ok"] for r in failed] == [False] * 4 and all("--force" in r["error"] for r in failed)

@@ -10,16 +10,21 @@ import pytest
 from edgevit.cli import run
 from edgevit.models import create_model
 
-from .conftest import run_cli, run_cli_here
+from .conftest import run_cli_here
 
 
-@pytest.fixture(scope="module")
-def out_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("targets")
-    for target in ("coreml", "onnx"):
-        proc = run_cli("export", "lvt_test", "--target", target, "--output-dir", str(out), "--num-images", "3")
-        assert proc.returncode == 0, proc.stderr
-    return out
+@pytest.fixture(scope="session")
+def out_dir(artifact_cache):
+    """lvt_test exported by the CLI to Core ML and ONNX, once per run (both workers read the same folder)."""
+
+    def build(folder):
+        for target in ("coreml", "onnx"):
+            proc = run_cli_here(
+                "export", "lvt_test", "--target", target, "--output-dir", str(folder), "--num-images", "3"
+            )
+            assert proc.returncode == 0, proc.stderr
+
+    return artifact_cache.folder("cli-lvt_test-coreml-onnx", build)
 
 
 def test_coreml_export_says_numerics_need_macos(out_dir):
@@ -32,25 +37,25 @@ def test_coreml_export_says_numerics_need_macos(out_dir):
 
 
 def test_verify_onnx_reruns_numerics(out_dir):
-    proc = run_cli("verify", str(out_dir / "lvt_test-onnx-fp32.onnx"), "--num-images", "2", "--json")
+    proc = run_cli_here("verify", str(out_dir / "lvt_test-onnx-fp32.onnx"), "--num-images", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     num = json.loads(proc.stdout)["numerics"]
     assert num["runtime"] == "onnxruntime" and num["samples"] == 2 and num["max_abs_diff"] < 1e-4
 
 
 def test_verify_coreml_is_a_clear_skip(out_dir):
-    proc = run_cli("verify", str(out_dir / "lvt_test-coreml-fp16.mlpackage"))
+    proc = run_cli_here("verify", str(out_dir / "lvt_test-coreml-fp16.mlpackage"))
     assert proc.returncode == 0
     assert "needs macOS" in proc.stdout
 
 
 def test_inspect_reads_the_manifest_or_the_bare_file(out_dir, tmp_path):
-    proc = run_cli("inspect", str(out_dir / "lvt_test-onnx-fp32.onnx"), "--json")
+    proc = run_cli_here("inspect", str(out_dir / "lvt_test-onnx-fp32.onnx"), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["source"] == "manifest"
     bare = tmp_path / "bare.mlpackage"
     shutil.copytree(out_dir / "lvt_test-coreml-fp16.mlpackage", bare)
-    proc = run_cli("inspect", str(bare), "--json")
+    proc = run_cli_here("inspect", str(bare), "--json")
     info = json.loads(proc.stdout)
     exported = json.loads((out_dir / "lvt_test-coreml-fp16.manifest.json").read_text())["audit"]
     assert info["source"] == "file" and info["audit"]["max_rank"] <= 4 and info["audit"]["ops"]["layer_norm"] > 0

@@ -31,9 +31,9 @@ def photos_240() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def timm_references(tmp_path_factory, photos_240) -> Path:
-    """Checkpoints and logits written by timm's own CrossViT code."""
-    return write_timm_references(tmp_path_factory.mktemp("timm"), photos_240, TIMM_CHECKPOINTS)
+def timm_references(artifact_cache, photos_240) -> Path:
+    """Checkpoints and logits written by timm's own CrossViT code, once per run for both workers."""
+    return artifact_cache.folder("timm-crossvit", lambda out: write_timm_references(out, photos_240, TIMM_CHECKPOINTS))
 
 
 @pytest.mark.parametrize("spec", TIMM_CHECKPOINTS)

@@ -31,9 +31,9 @@ def photos() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def timm_references(tmp_path_factory, photos) -> Path:
-    """Checkpoints and logits written by timm's own MViTv2 code."""
-    return write_timm_references(tmp_path_factory.mktemp("timm"), photos, TIMM_CHECKPOINTS)
+def timm_references(artifact_cache, photos) -> Path:
+    """Checkpoints and logits written by timm's own MViTv2 code, once per run for both workers."""
+    return artifact_cache.folder("timm-mvitv2", lambda out: write_timm_references(out, photos, TIMM_CHECKPOINTS))
 
 
 @pytest.mark.parametrize("spec", TIMM_CHECKPOINTS)

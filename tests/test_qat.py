@@ -15,7 +15,7 @@ import torch
 from edgevit.errors import EdgevitError
 from edgevit.train.qat import QATRun, load_checkpoint
 
-from .conftest import EDGEVIT, run_cli, run_cli_here
+from .conftest import EDGEVIT, run_cli_here
 
 
 def test_digits_are_real_scans_with_a_balanced_split(digits):
@@ -67,7 +67,7 @@ def test_qat_checkpoints_survives_ctrl_c_resumes_and_exports(tmp_path, small):
     assert not list(tmp_path.glob("*.pte"))  # nothing exported from an interrupted run
 
     # the same command with one epoch more resumes after the saved ones instead of starting over
-    resumed = run_cli(*args, "--epochs", str(done + 1), "--json")
+    resumed = run_cli_here(*args, "--epochs", str(done + 1), "--json")
     assert resumed.returncode == 0, resumed.stderr
     manifest = json.loads(resumed.stdout)
     qat = manifest["quantization"]["qat"]
@@ -99,7 +99,7 @@ def test_qat_checkpoints_survives_ctrl_c_resumes_and_exports(tmp_path, small):
 @pytest.mark.parametrize("target", ["tflite", "coreml"])
 def test_qat_runs_with_each_targets_own_quantizer(tmp_path, small, target):
     args = ["qat", "lvt_test", "--data", str(small / "train"), "--target", target, "--epochs", "1", "--no-compare-fp32"]
-    proc = run_cli(*args, "--input-size", "64", "--batch-size", "12", "--output-dir", str(tmp_path), "--json")
+    proc = run_cli_here(*args, "--input-size", "64", "--batch-size", "12", "--output-dir", str(tmp_path), "--json")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     assert manifest["quantization"]["qat"]["history"][0]["epoch"] == 1

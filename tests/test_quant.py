@@ -26,7 +26,7 @@ from edgevit.runtime import open_runner
 from edgevit.targets import executorch as et
 from edgevit.targets import get_target
 
-from .conftest import run_cli, run_cli_here, tiny_lvt
+from .conftest import run_cli_here, tiny_lvt
 
 X = torch.randn(1, 3, 64, 64)
 
@@ -135,7 +135,7 @@ def test_int8_export_below_its_sqnr_gate_names_the_blocks_and_keeps_the_artifact
         "options: {partitioners: [xnnpack], quantization: {scheme: static}}\ngates: {min_sqnr_db: 25}\n"
     )
     args = ("--num-images", "4", "--calib-count", "4", "--output-dir", str(tmp_path), "--no-compare-fp32")
-    proc = run_cli("export", "lvt_test", "--recipe", str(strict), *args, "--allow-gate-failures", "--json")
+    proc = run_cli_here("export", "lvt_test", "--recipe", str(strict), *args, "--allow-gate-failures", "--json")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     gates = manifest["gates"]
