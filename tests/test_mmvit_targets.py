@@ -18,7 +18,7 @@ from .conftest import check_gates, rerun, run_cli_here
 
 @pytest.mark.parametrize("target", ["executorch", "tflite", "onnx", "coreml"])
 def test_mmvit_exports_to_every_target(artifact_cache, target):
-    """The family's tiny registered variant (four stages, both views, cross attention in each) on every target."""
+    """The family's tiny registered variant (three stages, both views, cross attention between them) on every target."""
     exported = artifact_cache.export("mmvit_test", target)  # shared: built once per run
     manifest = exported.manifest
     assert manifest["gates"]["passed"], manifest["gates"]
