@@ -116,3 +116,23 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class TokenStagesClassifier(nn.Module):
+    """A hierarchical classifier over stages of (B, N, C) tokens: the head reads the mean of the last stage's
+    (normalised) tokens; ``features_only`` returns every stage as a (B, C, H, W) map. Subclasses give
+    ``forward_features`` (each stage's tokens and grid), ``_head(num_classes)``, ``features_only`` and
+    ``num_features``."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        stages = self.forward_features(image)
+        if self.features_only:
+            return [x.transpose(1, 2).reshape(x.shape[0], -1, *grid) for x, grid in stages]
+        return self.head(stages[-1][0].mean(dim=1))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        if self.features_only:
+            raise ValueError("a features_only model has no classifier")
+        self.num_classes = num_classes
+        self.head = self._head(num_classes)
+        self.head.apply(init_linear_and_norm)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdgevitError
-from .layers import Block, DropPath, Mlp, init_linear_and_norm
+from .layers import Block, DropPath, Mlp, TokenStagesClassifier, init_linear_and_norm
 from .registry import InputSpec, register_config
 
 __all__ = [
@@ -230,7 +230,7 @@ class MAFormerStage(nn.Module):
         return x
 
 
-class MAFormer(nn.Module):
+class MAFormer(TokenStagesClassifier):
     """MAFormer classifier. ``features_only=True`` gives each stage's output as a (B, C, H, W) map instead of
     logits, and no classifier."""
 
@@ -254,7 +254,7 @@ class MAFormer(nn.Module):
             self.stages.append(MAFormerStage(blocks))
         self.num_features = cfg.dims[-1]
         self.norm = nn.LayerNorm(self.num_features, eps=LN_EPS)
-        self.head = None if features_only else nn.Linear(self.num_features, cfg.num_classes)
+        self.head = None if features_only else self._head(cfg.num_classes)
         self.apply(init_linear_and_norm)
 
     def forward_features(self, image: torch.Tensor) -> list[tuple[torch.Tensor, Grid]]:
@@ -276,18 +276,8 @@ class MAFormer(nn.Module):
         out[-1] = (self.norm(x), out[-1][1])
         return out
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        stages = self.forward_features(image)
-        if self.features_only:
-            return [x.transpose(1, 2).reshape(x.shape[0], -1, *grid) for x, grid in stages]
-        return self.head(stages[-1][0].mean(dim=1))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        if self.features_only:
-            raise ValueError("a features_only model has no classifier")
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes)
-        self.head.apply(init_linear_and_norm)
+    def _head(self, num_classes: int) -> nn.Linear:
+        return nn.Linear(self.num_features, num_classes)
 
 
 MAFORMER_CONFIGS: dict[str, MAFormerConfig] = {

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, Mlp, init_linear_and_norm
+from .layers import DropPath, Mlp, TokenStagesClassifier, init_linear_and_norm
 from .mmvit import shortcut_pool, skip_geometry
 from .registry import InputSpec, register_config
 
@@ -269,7 +269,7 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
 
 
-class MViTv2(nn.Module):
+class MViTv2(TokenStagesClassifier):
     """MViTv2 classifier (timm's ``MultiScaleVit``). ``features_only=True`` gives each stage's output as a
     (B, C, H, W) map instead of logits, and no classifier."""
 
@@ -306,19 +306,6 @@ class MViTv2(nn.Module):
             out.append((x, grid))
         out[-1] = (self.norm(x), grid)
         return out
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        stages = self.forward_features(image)
-        if self.features_only:
-            return [x.transpose(1, 2).reshape(x.shape[0], -1, *grid) for x, grid in stages]
-        return self.head(stages[-1][0].mean(dim=1))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        if self.features_only:
-            raise ValueError("a features_only model has no classifier")
-        self.num_classes = num_classes
-        self.head = self._head(num_classes)
-        self.head.apply(init_linear_and_norm)
 
 
 MVITV2_CONFIGS: dict[str, MViTv2Config] = {
