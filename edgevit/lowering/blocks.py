@@ -16,6 +16,7 @@ __all__ = [
     "DeployMlp",
     "DeployPreNormBlock",
     "LogitsBias",
+    "keys_scaled",
     "multi_head_attention",
     "require_classifier",
 ]
@@ -103,6 +104,15 @@ def multi_head_attention(
     return layout.merge_heads(out, q.shape)
 
 
+def keys_scaled(linear: nn.Linear, start: int, stop: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linear``'s weight and bias (zeros if it has none) with output rows ``start:stop``, the keys, multiplied
+    by the softmax scale: the scale folded into the projection, as :meth:`Layout.attend` takes it."""
+    factor = torch.ones(linear.out_features)
+    factor[start:stop] = scale
+    bias = linear.bias.detach() if linear.bias is not None else torch.zeros(linear.out_features)
+    return linear.weight.detach() * factor[:, None], bias * factor
+
+
 class DeployAttention(nn.Module):
     """ViT self-attention: one Q/K/V projection (tokens last) or three (channels first), the scale in K."""
 
@@ -110,11 +120,7 @@ class DeployAttention(nn.Module):
         super().__init__()
         self.layout, self.heads = layout, m.num_heads
         C = m.proj.in_features
-        w = m.qkv.weight.detach()
-        b = m.qkv.bias.detach() if m.qkv.bias is not None else torch.zeros(3 * C)
-        scale = torch.ones(3 * C)
-        scale[C : 2 * C] = m.scale
-        w, b = w * scale[:, None], b * scale
+        w, b = keys_scaled(m.qkv, C, 2 * C, m.scale)
         self.fused = layout.fuse_projections
         if self.fused:
             self.qkv = layout.linear(w, b)

@@ -21,9 +21,16 @@ from torch import nn
 
 from ..models import maformer as train
 from . import register_lowering
-from .blocks import DeployAttention, DeployMlp, DeployPreNormBlock, multi_head_attention, require_classifier
+from .blocks import (
+    DeployAttention,
+    DeployMlp,
+    DeployPreNormBlock,
+    keys_scaled,
+    multi_head_attention,
+    require_classifier,
+)
 from .layout import Grid, Layout
-from .weights import linear_from
+from .weights import conv_copy, linear_from
 
 __all__ = ["DeployMAFormer", "DeployMAFBlock", "DeployWindowAttention", "DeployGLD", "Windows"]
 
@@ -115,9 +122,7 @@ class DeployFusion(nn.Module):
         super().__init__()
         self.layout, self.heads, self.residual = layout, m.heads, m.residual
         C = m.proj.in_features
-        w, b = m.kv.weight.detach().clone(), _bias(m.kv, 2 * C).clone()
-        w[:C] *= m.scale
-        b[:C] *= m.scale
+        w, b = keys_scaled(m.kv, 0, C, m.scale)
         self.dim = C
         self.q = layout.linear(m.q.weight, m.q.bias)
         self.kv = layout.linear(w, b)
@@ -130,10 +135,6 @@ class DeployFusion(nn.Module):
             multi_head_attention(L, self.q(local), L.channels(kv, 0, C), L.channels(kv, C, 2 * C), self.heads)
         )
         return local + out if self.residual else out
-
-
-def _bias(linear: nn.Linear, size: int) -> torch.Tensor:
-    return linear.bias.detach() if linear.bias is not None else torch.zeros(size)
 
 
 class DeployMAFBlock(nn.Module):
@@ -160,10 +161,7 @@ class DeployConvNorm(nn.Module):
     def __init__(self, m: train.ConvNorm, layout: Layout) -> None:
         super().__init__()
         self.layout = layout
-        self.conv = nn.Conv2d(
-            m.conv.in_channels, m.conv.out_channels, m.conv.kernel_size, m.conv.stride, m.conv.padding
-        )
-        self.conv.load_state_dict(m.conv.state_dict())
+        self.conv = conv_copy(m.conv)
         self.norm = layout.norm(m.norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

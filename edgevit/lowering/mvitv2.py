@@ -26,7 +26,7 @@ from . import register_lowering
 from .blocks import require_classifier
 from .layout import Grid, Layout
 from .pooling import DeploySelfBlock
-from .weights import linear_from
+from .weights import conv_copy, linear_from
 
 __all__ = ["DeployMViTv2", "DeployRelPos", "as_self_block"]
 
@@ -128,9 +128,7 @@ class DeployMViTv2(nn.Module):
         require_classifier(model)
         cfg = model.cfg
         self.layout = layout
-        conv = model.patch_embed.proj
-        self.stem = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
-        self.stem.load_state_dict(conv.state_dict())
+        self.stem = conv_copy(model.patch_embed.proj)
         self.grid = grid = cfg.patch_grid
         self.blocks = nn.ModuleList()
         for stage in model.stages:
