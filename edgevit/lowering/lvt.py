@@ -57,7 +57,8 @@ class DeployCSA(nn.Module):
         new.attn.bias.copy_(m.attn.bias * m.scale)
         C = m.dim
         # grouped 1x1 conv weight (9C, C, 1, 1): group t maps tap t's inputs to outputs t*C..t*C+C-1
-        new.values.weight.copy_(m.weight.weight.reshape(9, C, C).transpose(1, 2))
+        for linear, weight in zip(new.values.maps, m.weight.weight.reshape(9, C, C), strict=True):
+            linear.weight.copy_(weight)
         new.proj.load_state_dict(m.proj.state_dict())
         return new
 
@@ -87,9 +88,8 @@ class DeployCSA(nn.Module):
         attn = self.softmax(self.attn(pooled).reshape(1, B * L * heads, 9, 9))
         attn = attn.reshape(B * L * heads, 9, 9)  # rows: (b, location, head)
 
-        stacked = torch.cat([t.reshape(1, B * L, C) for t in taps], dim=0)  # 9, B*L, C
-        values = self.values(stacked)  # per-tap linear map
-        values = values.reshape(9, B * L * heads, d).transpose(0, 1)  # B*L*heads, 9, d
+        # per-tap linear maps, stacked on the tap axis: B*L*heads, 9, d
+        values = torch.cat([v.reshape(B * L * heads, 1, d) for v in self.values(taps)], dim=1)
 
         out = torch.bmm(attn, values).reshape(B * L, heads, 9, d)
         # slice each output tap (stride-1 slice; select has no XNNPACK node)

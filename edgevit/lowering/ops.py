@@ -209,21 +209,17 @@ def _interleave(even: torch.Tensor, odd: torch.Tensor, dim: int) -> torch.Tensor
 
 
 class TapLinear(nn.Module):
-    """A separate (C_in, C_out) linear map per tap, as one ``bmm`` over the tap axis: (9, N, C) -> (9, N, C)."""
+    """A separate (C_in -> C_out) Linear per tap, applied to each tap's map: a list in, a list out.
+
+    Per-tap Linears rather than one ``bmm`` over a stacked tap axis: no copy to stack the taps, and the
+    int8 quantizers annotate Linear weights (XNNPACK runs a constant-operand ``bmm`` in float)."""
 
     def __init__(self, taps: int, dim: int) -> None:
         super().__init__()
-        self.register_buffer("weight", torch.zeros(taps, dim, dim))  # per tap: (C_in, C_out)
-        self.as_linears = False  # one Linear per tap instead, for runtimes that quantize only Linear weights
+        self.maps = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(taps))
 
-    def without_constant_batch_matmul(self) -> None:
-        """One Linear per tap (see ``targets.tflite``'s dynamic-range quantization)."""
-        self.as_linears = True
-
-    def forward(self, stacked: torch.Tensor) -> torch.Tensor:
-        if self.as_linears:
-            return torch.stack([F.linear(stacked[t], self.weight[t].T) for t in range(len(self.weight))])
-        return torch.bmm(stacked, self.weight)
+    def forward(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [linear(tap) for linear, tap in zip(self.maps, taps, strict=True)]
 
 
 class PhaseFold(nn.Module):

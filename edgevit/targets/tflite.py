@@ -197,8 +197,8 @@ class TFLiteTarget(Target):
     def adapt_for_dynamic(self, deploy: torch.nn.Module) -> None:
         """LiteRT's converter gives every constant matmul operand int8 weights, and its XNNPACK delegate cannot
         prepare a BATCH_MATMUL with an int8 constant filter: deploy modules that multiply by constants in a batched
-        matmul switch to an equal form without one (``without_constant_batch_matmul``: CSA's per-tap value maps
-        become one Linear per tap, MViTv2's relative positions elementwise products)."""
+        matmul switch to an equal form without one (``without_constant_batch_matmul``: MViTv2's relative positions
+        become elementwise products)."""
         for module in deploy.modules():
             if hasattr(module, "without_constant_batch_matmul"):
                 module.without_constant_batch_matmul()
