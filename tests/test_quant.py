@@ -13,7 +13,8 @@ from edgevit.models import create_model, get_entry
 from edgevit.numerics import compare
 from edgevit.quant import backend_quantizer, calibration_batch, quantize
 from edgevit.quant.calibration import checked_calibration_paths
-from edgevit.quant.policy import untie_weights
+from edgevit.quant.pads import PADS
+from edgevit.quant.policy import module_path, untie_weights
 from edgevit.quant.pt2e import calibrated, converted, copy_prepared
 from edgevit.quant.sensitivity import (
     candidate_blocks,
@@ -95,6 +96,23 @@ def test_float_policy_keeps_norms_and_softmax_float(static_int8):
     assert quantized_inputs and stacks
     # no quantize node lives inside a LayerNorm, the 9-tap softmax or the fold
     assert not any(p.endswith((".norm1", ".norm2", ".softmax", ".fold")) for stack in stacks for p in stack[-1:])
+
+
+def test_csa_taps_are_sliced_in_int8(static_int8):
+    """CSA pads the norm's float output and slices its nine taps out of it: the pad takes int8 in and gives
+    int8 out on one scale (XNNPACK builds an int8 pad only then), so the slices copy int8; the fold's pads, in
+    the float policy, stay float."""
+    _, q = static_int8
+    pads = [n for n in q.graph.nodes if n.op == "call_function" and n.target in PADS]
+    folds = [n for n in pads if module_path(n).endswith(".fold")]
+    patches = [n for n in pads if n not in folds]
+    assert patches and folds
+    for pad in patches:
+        source = pad.args[0]
+        assert "dequantize_per_tensor" in str(source.target)
+        (requantize,) = pad.users
+        assert "quantize_per_tensor" in str(requantize.target) and requantize.args[1:] == source.args[1:]
+    assert not any("dequantize" in str(getattr(n.args[0], "target", "")) for n in folds)
 
 
 def test_dynamic_int8_pte_runs_in_one_partition_and_keeps_20_db(tmp_path, photos_64):

@@ -220,10 +220,13 @@ class ExecuTorchTarget(Target):
             get_symmetric_quantization_config,
         )
 
+        from ..quant.pads import with_int8_pads
+
         config = get_symmetric_quantization_config(
             is_per_channel=options["per_channel"], is_dynamic=options["scheme"] == "dynamic", is_qat=qat
         )
-        return XNNPACKQuantizer().set_global(config)
+        quantizer = XNNPACKQuantizer().set_global(config)
+        return quantizer if options["scheme"] == "dynamic" else with_int8_pads(quantizer, config.input_activation)
 
     def cannot_run_here(self, path: Path) -> str | None:
         if sys.platform != "darwin" and "CoreMLBackend" in pte_backends(path):
