@@ -88,8 +88,12 @@ class DeployCSA(nn.Module):
         attn = self.softmax(self.attn(pooled).reshape(1, B * L * heads, 9, 9))
         attn = attn.reshape(B * L * heads, 9, 9)  # rows: (b, location, head)
 
-        # per-tap linear maps, stacked on the tap axis: B*L*heads, 9, d
-        values = torch.cat([v.reshape(B * L * heads, 1, d) for v in self.values(taps)], dim=1)
+        # per-tap linear maps stacked on the tap axis (B*L*heads, 9, d) as three rows of three taps: XNNPACK
+        # concatenates at most five inputs, and LiteRT's converter merges nested concatenations on one axis
+        # back into one, which its delegate then leaves outside (a split of the graph)
+        values = [v.reshape(B * L * heads, 1, 1, d) for v in self.values(taps)]
+        rows = [torch.cat(values[3 * i : 3 * i + 3], dim=2) for i in range(3)]
+        values = torch.cat(rows, dim=1).reshape(B * L * heads, 9, d)
 
         out = torch.bmm(attn, values).reshape(B * L, heads, 9, d)
         # slice each output tap (stride-1 slice; select has no XNNPACK node)
