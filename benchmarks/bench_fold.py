@@ -30,26 +30,19 @@ def build(out_dir: Path) -> dict[str, Path]:
     from edgevit.recipe import get_recipe
     from edgevit.targets import executorch as et
 
-    class TransposedConvFoldCSA(DeployCSA):
-        """DeployCSA with the fold as conv_transpose2d(one-hot 3x3 kernels, stride 2, groups=C)."""
+    class TransposedConvFold(nn.Module):
+        """CSA's overlap-add as conv_transpose2d(one-hot 3x3 kernels, stride 2, groups=C), in place of PhaseFold."""
 
-        def __init__(self, dim: int, num_heads: int) -> None:
-            super().__init__(dim, num_heads)
+        def __init__(self, dim: int) -> None:
+            super().__init__()
             eye = torch.eye(9).reshape(9, 1, 3, 3)
-            self.register_buffer("fold_weight", eye.repeat(dim, 1, 1, 1))  # (C*9, 1, 3, 3): channel c*9+t
+            self.register_buffer("weight", eye.repeat(dim, 1, 1, 1))  # (C*9, 1, 3, 3): channel c*9+t
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            B, H, W, C = x.shape
-            h, w, heads = H // 2, W // 2, self.num_heads
-            L, d = h * w, C // heads
-            taps = self.patches(x)
-            attn = self.softmax(self.attn(taps[4] + taps[5] + taps[7] + taps[8]).reshape(1, L * heads, 9, 9))
-            stacked = torch.cat([t.reshape(1, L, C) for t in taps], dim=0)
-            values = self.values(stacked).reshape(9, L * heads, d).transpose(0, 1)
-            out = torch.bmm(attn.reshape(L * heads, 9, 9), values).reshape(L, heads, 9, d)
-            z = out.permute(1, 3, 2, 0).reshape(1, C * 9, h, w)  # channel c*9 + tap (batch 1)
-            y = F.conv_transpose2d(z, self.fold_weight, stride=2, padding=1, output_padding=1, groups=C)
-            return self.proj(y.permute(0, 2, 3, 1))
+        def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+            B, h, w, C = taps[0].shape
+            z = torch.stack(taps, dim=-1).permute(0, 3, 4, 1, 2).reshape(B, C * 9, h, w)  # channel c*9 + tap
+            y = F.conv_transpose2d(z, self.weight, stride=2, padding=1, output_padding=1, groups=C)
+            return y.permute(0, 2, 3, 1)
 
     class NCHWInput(nn.Module):
         def __init__(self, block: nn.Module) -> None:
@@ -61,8 +54,8 @@ def build(out_dir: Path) -> dict[str, Path]:
 
     torch.manual_seed(0)
     csa = CSA(64, 2).eval()
-    variants = {"phase": DeployCSA.from_module(csa), "convtranspose": TransposedConvFoldCSA(64, 2)}
-    variants["convtranspose"].load_state_dict(variants["phase"].state_dict(), strict=False)
+    variants = {"phase": DeployCSA.from_module(csa), "convtranspose": DeployCSA.from_module(csa)}
+    variants["convtranspose"].fold = TransposedConvFold(64)
     x = torch.randn(1, 64, 56, 56)
     with torch.no_grad():
         ref = csa(x.permute(0, 2, 3, 1))

@@ -97,7 +97,8 @@ def test_tflite_export_is_builtin_rank_4_and_matches(tmp_path, photos_64, recipe
     audit = artifact.audit
     assert audit["all_builtin"] and audit["max_rank"] <= 4
     assert not set(audit["ops"]) & set(recipe.gates.banned_ops)
-    # one XNNPACK partition: LiteRT's delegate takes every op (CSA stacks its nine taps by cats of at most five)
+    # one XNNPACK partition: LiteRT's delegate takes every op (CSA stacks its nine values as three rows of three;
+    # one 9-input concatenation would run outside it)
     assert audit["xnnpack_partitions"] == 1
     assert audit["input_layout"] == recipe.options["input_layout"]
     path = tmp_path / "tiny.tflite"

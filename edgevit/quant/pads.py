@@ -23,12 +23,11 @@ def _zero_constant_pad(node: fx.Node) -> bool:
     return mode == "constant" and value in (None, 0)
 
 
-def annotate_pads(model: fx.GraphModule, activation) -> int:
+def annotate_pads(model: fx.GraphModule, activation) -> None:
     """Annotate every zero pad no earlier annotation claimed (the float policy marks its own first)."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
     from torchao.quantization.pt2e.quantizer.utils import Q_ANNOTATION_KEY
 
-    count = 0
     for node in model.graph.nodes:
         if node.op != "call_function" or node.target not in PADS or Q_ANNOTATION_KEY in node.meta:
             continue
@@ -40,8 +39,6 @@ def annotate_pads(model: fx.GraphModule, activation) -> int:
             output_qspec=SharedQuantizationSpec((source, node)),
             _annotated=True,
         )
-        count += 1
-    return count
 
 
 def with_int8_pads(quantizer, activation):
