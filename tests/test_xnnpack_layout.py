@@ -92,10 +92,12 @@ class EveryPassFires(nn.Module):
 
 
 def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_same(monkeypatch):
-    """The export-time savings (passes that change nothing skip their retrace, passes that keep every value
-    recompile instead of retracing, node provenance is shared) leave the program byte for byte as the default
-    lowering writes it."""
+    """The export-time savings (passes that change nothing skip their retrace or do not run, passes that keep
+    every value recompile instead of retracing, node provenance is shared, one decomposition run fewer, no
+    dim-order ops) leave the program byte for byte as the default lowering writes it."""
     from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig
     from executorch.exir.pass_base import ExportPass
 
     from edgevit.targets import _xnnpack_passes, provenance
@@ -121,9 +123,34 @@ def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_sa
     # and with the node provenance copied, as torch does by default (edgevit shares it while lowering)
     monkeypatch.setattr(_xnnpack_passes, "lazy", lambda pass_class: pass_class)
     monkeypatch.setattr(provenance, "shared_provenance", contextlib.nullcontext)
+    monkeypatch.setattr(_xnnpack_passes, "idle_edge_passes_skipped", contextlib.nullcontext)
+    monkeypatch.setattr(_xnnpack_passes, "one_decomposition_partitioner", XnnpackPartitioner)
+    monkeypatch.setattr(et, "_edge_config", lambda skip_dim_order: EdgeCompileConfig())
     every_pass = et.export(model, example, recipe)
     assert fast.data == every_pass.data and "upsample_bilinear2d" in fast.audit["ops_delegated"]
     assert fast_retraces < len(retraces) - fast_retraces
+
+
+class IntegerOffset(nn.Module):
+    """A float map plus an integer buffer: the cast of the integer stays outside XNNPACK."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("steps", torch.arange(3).reshape(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.steps)
+
+
+def test_ops_left_outside_the_delegate_keep_executorchs_dim_order_form(monkeypatch):
+    from executorch.exir import EdgeCompileConfig
+
+    example = torch.randn(1, 3, 4, 4)
+    recipe = get_recipe("executorch-xnnpack-fp32")
+    ours = et.export(IntegerOffset(), example, recipe)
+    monkeypatch.setattr(et, "_edge_config", lambda skip_dim_order: EdgeCompileConfig())
+    assert ours.audit["ops_outside"] == {"to_dim_order_copy": 1}
+    assert ours.data == et.export(IntegerOffset(), example, recipe).data
 
 
 def test_provenance_is_shared_only_while_lowering():

@@ -11,10 +11,20 @@ drop most of that time:
   when the graph lacks ops that every one of their patterns contains, so no pattern can match;
 - a pass that only removes or bypasses nodes whose output equals their input (copies, layout round trips, a
   max pool's unused indices) leaves every surviving node's traced value as it was: when every node still has
-  one, the graph is cleaned and recompiled instead of retraced (``test_xnnpack_layout`` checks the bytes).
+  one, the graph is cleaned and recompiled instead of retraced (``test_xnnpack_layout`` checks the bytes);
+- a pass that rewrites node by node during its retrace (ExecuTorch's own conversion to the edge dialect
+  among them: view ops to copies, symbolic values to tensors, mixed dtypes) is skipped where no node is one it
+  rewrites, and the programs are exported without dim-order ops, which XNNPACK's passes would revert anyway;
+- the partitioner's ops to keep whole (``linear``, ``max_pool2d``) are checked node by node before decomposition;
+  where every such node passes, ExecuTorch keeps them by op rather than marking each node, which spares one of
+  its three whole-program decomposition runs (``one_decomposition_partitioner``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 from executorch.backends.transforms.remove_getitem_op import RemoveGetItemPass
@@ -22,12 +32,84 @@ from executorch.backends.xnnpack._passes.convert_to_sdpa import ConvertToSDPAPas
 from executorch.backends.xnnpack._passes.convert_to_upsample_bilinear2d import ConvertToUpsampleBilinear2d
 from executorch.backends.xnnpack._passes.remove_redundant_copy_pass import RemoveRedundantCopyPass
 from executorch.exir.pass_base import ExportPass, PassResult
+from executorch.exir.passes.const_prop_pass import ConstPropPass
+from executorch.exir.passes.memory_format_ops_pass import DimOrderOpsRevertPass
+from executorch.exir.passes.normalize_transpose_pass import NormalizeTransposePass
+from executorch.exir.passes.remove_mixed_type_operators import RemoveMixedTypeOperators
+from executorch.exir.passes.replace_broken_ops_with_function_ops_pass import ReplaceBrokenOpsWithFunctionalOpsPass
+from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
 
 # ops that each of the pass's patterns contains (``test_xnnpack_layout`` checks this against the patterns): a graph
 # without one of them cannot match
 PATTERN_OPS: dict[type, frozenset[str]] = {
     ConvertToSDPAPass: frozenset({"aten.logical_not.default", "aten.where.self", "aten.any.dim"}),
     ConvertToUpsampleBilinear2d: frozenset({"aten.upsample_bilinear2d.vec"}),
+}
+
+
+def _rewrites_dim_order(graph_module: torch.fx.GraphModule) -> bool:
+    from executorch.exir.passes.dim_order_ops_registry import MemoryFormatOpsMap
+
+    return any(n.op == "call_function" and n.target in MemoryFormatOpsMap for n in graph_module.graph.nodes)
+
+
+def _rewrites_t(graph_module: torch.fx.GraphModule) -> bool:
+    return any(n.op == "call_function" and n.target == torch.ops.aten.t.default for n in graph_module.graph.nodes)
+
+
+def _has_constant_op(graph_module: torch.fx.GraphModule) -> bool:
+    """A node none of whose arguments is another node: the only kind constant propagation can fold."""
+    return any(n.op == "call_function" and not n.all_input_nodes for n in graph_module.graph.nodes)
+
+
+def _has_view_op(graph_module: torch.fx.GraphModule) -> bool:
+    return any(n.op == "call_function" and getattr(n.target, "is_view", False) for n in graph_module.graph.nodes)
+
+
+def _has_symbolic_value(graph_module: torch.fx.GraphModule) -> bool:
+    symbolic = torch.SymInt | torch.SymFloat | torch.SymBool
+    return any(isinstance(n.meta.get("val"), symbolic) for n in graph_module.graph.nodes)
+
+
+_PROMOTING = frozenset(
+    {
+        torch.ops.aten.add.Tensor,
+        torch.ops.aten.mul.Tensor,
+        torch.ops.aten.sub.Tensor,
+        torch.ops.aten.div.Tensor,
+        torch.ops.aten.div.Tensor_mode,
+        torch.ops.aten.minimum.default,
+    }
+)
+
+
+def _has_mixed_dtypes(graph_module: torch.fx.GraphModule) -> bool:
+    """A binary op of ``RemoveMixedTypeOperators``'s list whose tensor arguments are not all of one floating dtype
+    (Python numbers beside floating tensors promote nothing)."""
+
+    def dtype(arg: Any) -> Any:
+        value = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg
+        return value.dtype if isinstance(value, torch.Tensor) else None
+
+    for n in graph_module.graph.nodes:
+        if n.op != "call_function" or n.target not in _PROMOTING or len(n.args) <= 1:
+            continue
+        tensors = [a for a in n.args if isinstance(a, torch.fx.Node | torch.Tensor)]
+        dtypes = {dtype(a) for a in tensors}
+        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+            return True
+    return False
+
+
+# passes that rewrite node by node while retracing: where this says no node is one they rewrite, the retrace
+# would rebuild the same graph (``test_xnnpack_layout`` checks the bytes)
+REWRITES_ANY: dict[type, Callable[[torch.fx.GraphModule], bool]] = {
+    DimOrderOpsRevertPass: _rewrites_dim_order,
+    NormalizeTransposePass: _rewrites_t,
+    ConstPropPass: _has_constant_op,
+    ReplaceBrokenOpsWithFunctionalOpsPass: _has_view_op,
+    SymToTensorPass: _has_symbolic_value,
+    RemoveMixedTypeOperators: _has_mixed_dtypes,
 }
 
 
@@ -90,7 +172,7 @@ def lazy(pass_class: type) -> type:
     """``pass_class`` that retraces and reports a change only when its rewrite changed the graph's structure, and
     that does not run at all where its patterns cannot match. A pass that rewrites during the retrace is kept."""
     if rewrites_while_retracing(pass_class):
-        return pass_class
+        return _skipped_where_idle(pass_class)
     needed = PATTERN_OPS.get(pass_class, frozenset())
 
     class Lazy(pass_class, _RetraceOnlyIfChanged):
@@ -107,3 +189,69 @@ def lazy(pass_class: type) -> type:
 
     Lazy.__name__ = Lazy.__qualname__ = pass_class.__name__
     return Lazy
+
+
+def _skipped_where_idle(pass_class: type) -> type:
+    """A pass that rewrites during its retrace, not run where none of its nodes is in the graph."""
+    rewrites_any = REWRITES_ANY.get(pass_class)
+    if rewrites_any is None:
+        return pass_class
+
+    class SkippedWhereIdle(pass_class):
+        def call(self, graph_module: torch.fx.GraphModule) -> PassResult:
+            if not rewrites_any(graph_module):
+                return PassResult(graph_module, False)
+            return super().call(graph_module)
+
+    SkippedWhereIdle.__name__ = SkippedWhereIdle.__qualname__ = pass_class.__name__
+    return SkippedWhereIdle
+
+
+def one_decomposition_partitioner() -> Any:
+    """XNNPACK's partitioner, telling ExecuTorch to keep its ops whole by op where every node of them passes the
+    partitioner's per-node check: the result is the program the per-node marking gives, one whole-program
+    decomposition run sooner. Where a node fails the check, the per-node marking is kept."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
+
+    class OneDecompositionPartitioner(XnnpackPartitioner):
+        def ops_to_not_decompose(self, ep: Any) -> tuple[list, Callable | None]:
+            ops, check = super().ops_to_not_decompose(ep)
+            kept = [n for n in ep.graph.nodes if n.op == "call_function" and n.target in ops]
+            if check is None or not all(check(n) for n in kept):
+                return ops, check
+            return _remove_invalid_ops_for_not_decompose(ops), None
+
+    return OneDecompositionPartitioner()
+
+
+def _skipped_instance_where_idle(pass_: Any) -> Any:
+    """An instance of a pass of ``REWRITES_ANY`` (or ExecuTorch's wrapper of one), as a pass that returns the
+    graph untouched where it is idle."""
+    rewrites_any = REWRITES_ANY.get(type(getattr(pass_, "__wrapped__", pass_)))
+    if rewrites_any is None:
+        return pass_
+
+    def run(graph_module: torch.fx.GraphModule) -> PassResult:
+        return pass_(graph_module) if rewrites_any(graph_module) else PassResult(graph_module, False)
+
+    return run
+
+
+@contextmanager
+def idle_edge_passes_skipped() -> Iterator[None]:
+    """While a program is converted to the edge dialect, its passes of ``REWRITES_ANY`` run only where they can
+    rewrite a node (ExecuTorch takes no pass list for that conversion, so its list is wrapped meanwhile)."""
+    from executorch.exir.program import _program
+
+    base = _program._get_aten_to_edge_passes
+
+    def passes(config: Any) -> tuple[list, list]:
+        before, after = base(config)
+        return [_skipped_instance_where_idle(p) for p in before], after
+
+    _program._get_aten_to_edge_passes = passes
+    try:
+        yield
+    finally:
+        _program._get_aten_to_edge_passes = base

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 
 def _xnnpack(recipe: Recipe):
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from ._xnnpack_passes import one_decomposition_partitioner
 
-    return XnnpackPartitioner()
+    return one_decomposition_partitioner()
 
 
 def _coreml(recipe: Recipe):
@@ -58,8 +58,6 @@ def _partitioners(recipe: Recipe) -> list:
 
 def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
     """Export a deploy-form model to .pte bytes and audit what the delegate took."""
-    from executorch.exir import to_edge_transform_and_lower
-
     from .provenance import shared_provenance
 
     fp16 = _program_dtype(recipe) == "float16"
@@ -71,13 +69,38 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         program = torch.export.export(model, (example,), strict=False)
         rank, rank_op = max_tensor_rank(program.graph)
         ops = op_counts(program.graph)
-        with _xnnpack_layout_pass():
-            edge = to_edge_transform_and_lower(program, partitioner=_partitioners(recipe))
+        edge = _lower(program, recipe, _xnnpack_only(recipe))
         audit = audit_lowered(edge.exported_program().graph_module)
+        if audit["ops_outside"] and _xnnpack_only(recipe):  # those ops take ExecuTorch's dim-order form
+            edge = _lower(program, recipe, False)
+            audit = audit_lowered(edge.exported_program().graph_module)
         audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
         if fp16:
             audit.update(input_dtype="float16", output_dtype="float16")
         return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
+
+
+def _lower(program: Any, recipe: Recipe, skip_dim_order: bool) -> Any:
+    from executorch.exir import to_edge_transform_and_lower
+
+    from ._xnnpack_passes import idle_edge_passes_skipped
+
+    with _xnnpack_layout_pass(), idle_edge_passes_skipped():
+        return to_edge_transform_and_lower(
+            program, partitioner=_partitioners(recipe), compile_config=_edge_config(skip_dim_order)
+        )
+
+
+def _xnnpack_only(recipe: Recipe) -> bool:
+    return recipe.options.get("partitioners", ["xnnpack"]) == ["xnnpack"]
+
+
+def _edge_config(skip_dim_order: bool) -> Any:
+    """XNNPACK's passes revert dim-order ops to the copies they were made from, so a program XNNPACK takes whole
+    is the same without them (two whole-program passes fewer); ops left outside take the dim-order form."""
+    from executorch.exir import EdgeCompileConfig
+
+    return EdgeCompileConfig(_skip_dim_order=skip_dim_order)
 
 
 def _program_dtype(recipe: Recipe) -> str:
