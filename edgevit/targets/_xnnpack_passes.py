@@ -15,9 +15,12 @@ drop most of that time:
 - a pass that rewrites node by node during its retrace (ExecuTorch's own conversion to the edge dialect
   among them: view ops to copies, symbolic values to tensors, mixed dtypes) is skipped where no node is one it
   rewrites, and the programs are exported without dim-order ops, which XNNPACK's passes would revert anyway;
+- ExecuTorch checks the whole program (regenerating its Python code, linting, verifying every node) before and
+  after each pass; the passes run here with the program checked once, after the last (``run_checked_once``);
 - the partitioner's ops to keep whole (``linear``, ``max_pool2d``) are checked node by node before decomposition;
   where every such node passes, ExecuTorch keeps them by op rather than marking each node, which spares one of
-  its three whole-program decomposition runs (``one_decomposition_partitioner``).
+  its three whole-program decomposition runs (``one_decomposition_partitioner``); and the program is
+  functionalized and decomposed in one run, not two (``decompose_for_xnnpack``).
 """
 
 from __future__ import annotations
@@ -255,3 +258,68 @@ def idle_edge_passes_skipped() -> Iterator[None]:
         yield
     finally:
         _program._get_aten_to_edge_passes = base
+
+
+def run_checked_once(exported_program: Any, pass_classes: list[type]) -> Any:
+    """XNNPACK's pass manager's loop (each pass made for the program as the previous one left it) with the program
+    checked after the last pass only: ExecuTorch's per-pass manager checks it before and after every one."""
+    from executorch.backends.xnnpack._passes.xnnpack_pass import XNNPACKPass
+    from executorch.exir.pass_manager import ExportedProgramPassManager
+    from executorch.exir.program._program import _transform_with_pass_manager
+
+    class Unchecked(ExportedProgramPassManager):
+        def check(self, exported_program: Any) -> None:
+            pass
+
+    for pass_class in pass_classes:
+        transform = pass_class(exported_program) if issubclass(pass_class, XNNPACKPass) else pass_class()
+        exported_program = _transform_with_pass_manager(exported_program, Unchecked([transform]))
+    ExportedProgramPassManager([]).check(exported_program)
+    return exported_program
+
+
+def _kept_whole(program: Any) -> tuple[list, Callable | None]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    return XnnpackPartitioner().ops_to_not_decompose(program)
+
+
+def decompose_for_xnnpack(program: Any) -> Any:
+    """``program`` functionalized and decomposed as ExecuTorch decomposes it for XNNPACK where every node of the
+    ops XNNPACK keeps whole passes the partitioner's check, in one run where ExecuTorch takes two; otherwise
+    ``program`` as it was, for ExecuTorch's own node-by-node marking."""
+    from executorch.exir.program._program import _default_decomposition_table
+
+    ops, check = _kept_whole(program)
+    table = _default_decomposition_table()
+    for op in ops:
+        table.pop(op, None)
+    decomposed = program.run_decompositions(table)
+    kept = [n for n in decomposed.graph.nodes if n.op == "call_function" and n.target in ops]
+    if check is not None and not all(check(n) for n in kept):
+        return program
+    decomposed._edgevit_decomposed = True  # noqa: SLF001 - read by ``decomposed_already``
+    return decomposed
+
+
+@contextmanager
+def decomposed_already(program: Any) -> Iterator[None]:
+    """While ``program`` is lowered, ExecuTorch's functionalizing run of no decompositions on it returns it as it
+    is when ``decompose_for_xnnpack`` made it (already functional and decomposed: the run would rebuild it)."""
+    from torch.export import ExportedProgram
+
+    if not getattr(program, "_edgevit_decomposed", False):
+        yield
+        return
+    base = ExportedProgram.run_decompositions
+
+    def run_decompositions(self: Any, decomp_table: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if self is program and decomp_table == {}:
+            return self
+        return base(self, decomp_table, *args, **kwargs)
+
+    ExportedProgram.run_decompositions = run_decompositions
+    try:
+        yield
+    finally:
+        ExportedProgram.run_decompositions = base

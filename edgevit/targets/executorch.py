@@ -69,9 +69,14 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         program = torch.export.export(model, (example,), strict=False)
         rank, rank_op = max_tensor_rank(program.graph)
         ops = op_counts(program.graph)
-        edge = _lower(program, recipe, _xnnpack_only(recipe))
+        xnnpack_only = _xnnpack_only(recipe)
+        if xnnpack_only:
+            from ._xnnpack_passes import decompose_for_xnnpack
+
+            program = decompose_for_xnnpack(program)
+        edge = _lower(program, recipe, xnnpack_only)
         audit = audit_lowered(edge.exported_program().graph_module)
-        if audit["ops_outside"] and _xnnpack_only(recipe):  # those ops take ExecuTorch's dim-order form
+        if audit["ops_outside"] and xnnpack_only:  # those ops take ExecuTorch's dim-order form
             edge = _lower(program, recipe, False)
             audit = audit_lowered(edge.exported_program().graph_module)
         audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
@@ -83,9 +88,9 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
 def _lower(program: Any, recipe: Recipe, skip_dim_order: bool) -> Any:
     from executorch.exir import to_edge_transform_and_lower
 
-    from ._xnnpack_passes import idle_edge_passes_skipped
+    from ._xnnpack_passes import decomposed_already, idle_edge_passes_skipped
 
-    with _xnnpack_layout_pass(), idle_edge_passes_skipped():
+    with _xnnpack_layout_pass(), idle_edge_passes_skipped(), decomposed_already(program):
         return to_edge_transform_and_lower(
             program, partitioner=_partitioners(recipe), compile_config=_edge_config(skip_dim_order)
         )
@@ -115,12 +120,12 @@ def _program_dtype(recipe: Recipe) -> str:
 def _xnnpack_layout_pass() -> Iterator[None]:
     """Add edgevit's layout passes to XNNPACK's own while a program is lowered (the delegate takes no extra
     passes as an argument): one just before its channels-last pass, one after the last. Every pass skips the
-    retrace where it changed nothing (``_xnnpack_passes``)."""
+    retrace where it changed nothing, and the program is checked once after the last (``_xnnpack_passes``)."""
     from executorch.backends.xnnpack import xnnpack_preprocess
     from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import ChannelsLastTaggedReshapePass
 
     from ._xnnpack_layout import PinPermutesContiguousPass, RemoveLayoutRoundTripsPass
-    from ._xnnpack_passes import lazy
+    from ._xnnpack_passes import lazy, run_checked_once
 
     base = xnnpack_preprocess.XNNPACKPassManager
 
@@ -136,6 +141,9 @@ def _xnnpack_layout_pass() -> Iterator[None]:
                     RemoveLayoutRoundTripsPass,
                 ]
             self.passes = [lazy(p) for p in self.passes]
+
+        def transform(self):
+            return run_checked_once(self.exported_program, self.passes)
 
     xnnpack_preprocess.XNNPACKPassManager = PassManager
     try:
