@@ -70,16 +70,19 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         rank, rank_op = max_tensor_rank(program.graph)
         ops = op_counts(program.graph)
         xnnpack_only = _xnnpack_only(recipe)
+        folded = 0
         if xnnpack_only:
             from ._xnnpack_passes import decompose_for_xnnpack
+            from .norm_affine import fold_norm_affines
 
             program = decompose_for_xnnpack(program)
+            folded = fold_norm_affines(program)
         edge = _lower(program, recipe, xnnpack_only)
         audit = audit_lowered(edge.exported_program().graph_module)
         if audit["ops_outside"] and xnnpack_only:  # those ops take ExecuTorch's dim-order form
             edge = _lower(program, recipe, False)
             audit = audit_lowered(edge.exported_program().graph_module)
-        audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op)
+        audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op, norm_affines_folded=folded)
         if fp16:
             audit.update(input_dtype="float16", output_dtype="float16")
         return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
