@@ -82,6 +82,8 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         if audit["ops_outside"] and xnnpack_only:  # those ops take ExecuTorch's dim-order form
             edge = _lower(program, recipe, False)
             audit = audit_lowered(edge.exported_program().graph_module)
+        elif xnnpack_only:  # nothing outside for the dim-order pass to fix, which would retrace every node
+            edge.compile_config._skip_dim_order = True
         audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op, norm_affines_folded=folded)
         if fp16:
             audit.update(input_dtype="float16", output_dtype="float16")
