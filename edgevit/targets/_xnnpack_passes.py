@@ -12,9 +12,9 @@ drop most of that time:
 - a pass that only removes or bypasses nodes whose output equals their input (copies, layout round trips, a
   max pool's unused indices) leaves every surviving node's traced value as it was: when every node still has
   one, the graph is cleaned and recompiled instead of retraced (``test_xnnpack_layout`` checks the bytes);
-- a pass that rewrites node by node during its retrace (ExecuTorch's own conversion to the edge dialect
-  among them: view ops to copies, symbolic values to tensors, mixed dtypes) is skipped where no node is one it
-  rewrites, and the programs are exported without dim-order ops, which XNNPACK's passes would revert anyway;
+- a pass that rewrites node by node during its retrace (ExecuTorch's own conversion to the edge dialect among
+  them: view ops to copies, numbers and symbolic values to tensors, mixed dtypes) is skipped where no node is
+  one it rewrites, and the programs are exported without dim-order ops, which XNNPACK's passes would revert anyway;
 - ExecuTorch checks the whole program (regenerating its Python code, linting, verifying every node) before and
   after each pass; the passes run here with the program checked once, after the last (``run_checked_once``);
 - the partitioner's ops to keep whole (``linear``, ``max_pool2d``) are checked node by node before decomposition;
@@ -40,6 +40,7 @@ from executorch.exir.passes.memory_format_ops_pass import DimOrderOpsRevertPass
 from executorch.exir.passes.normalize_transpose_pass import NormalizeTransposePass
 from executorch.exir.passes.remove_mixed_type_operators import RemoveMixedTypeOperators
 from executorch.exir.passes.replace_broken_ops_with_function_ops_pass import ReplaceBrokenOpsWithFunctionalOpsPass
+from executorch.exir.passes.scalar_to_tensor_pass import ScalarToTensorPass
 from executorch.exir.passes.sym_to_tensor_pass import SymToTensorPass
 
 # ops that each of the pass's patterns contains (``test_xnnpack_layout`` checks this against the patterns): a graph
@@ -72,6 +73,20 @@ def _has_view_op(graph_module: torch.fx.GraphModule) -> bool:
 def _has_symbolic_value(graph_module: torch.fx.GraphModule) -> bool:
     symbolic = torch.SymInt | torch.SymFloat | torch.SymBool
     return any(isinstance(n.meta.get("val"), symbolic) for n in graph_module.graph.nodes)
+
+
+def _has_number_for_tensor(graph_module: torch.fx.GraphModule) -> bool:
+    """A Python number passed where the op's schema takes a tensor: what ``ScalarToTensorPass`` rewrites."""
+    for n in graph_module.graph.nodes:
+        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+        if schema is None:
+            continue
+        passed = dict(zip((a.name for a in schema.arguments), n.args, strict=False)) | dict(n.kwargs)
+        for argument in schema.arguments:
+            value = passed.get(argument.name)
+            if isinstance(argument.type, torch.TensorType) and isinstance(value, bool | int | float):
+                return True
+    return False
 
 
 _PROMOTING = frozenset(
@@ -113,6 +128,7 @@ REWRITES_ANY: dict[type, Callable[[torch.fx.GraphModule], bool]] = {
     ReplaceBrokenOpsWithFunctionalOpsPass: _has_view_op,
     SymToTensorPass: _has_symbolic_value,
     RemoveMixedTypeOperators: _has_mixed_dtypes,
+    ScalarToTensorPass: _has_number_for_tensor,
 }
 
 
