@@ -22,15 +22,16 @@ def _norm() -> LinearLayerNorm:
 
 class FoldableAndNot(nn.Module):
     """Three norms that fold (into two Linears; through a reshape; through the permute to channels first into an
-    unpadded strided conv) and three that must not (a padded conv, a residual use, a Linear shared by two)."""
+    unpadded strided conv) and four that must not (a padded conv, a residual use, a Linear shared by two, a Linear
+    over the map's width behind the permute, as wide as the channels)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.norms = nn.ModuleList(_norm() for _ in range(6))
+        self.norms = nn.ModuleList(_norm() for _ in range(7))
         self.q, self.kv, self.flat = nn.Linear(C, C), nn.Linear(C, 2 * C), nn.Linear(C, C)
         self.reduce = nn.Conv2d(C, C, 2, stride=2)
         self.padded = nn.Conv2d(C, C, 3, padding=1)
-        self.shared, self.beside_residual = nn.Linear(C, C), nn.Linear(C, C)
+        self.shared, self.beside_residual, self.over_width = nn.Linear(C, C), nn.Linear(C, C), nn.Linear(C, C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, H, W, C)
         a = self.norms[0](x)
@@ -40,13 +41,14 @@ class FoldableAndNot(nn.Module):
         out = out + self.padded(self.norms[3](x).permute(0, 3, 1, 2)).sum()
         residual = self.norms[4](x)
         out = out + (self.beside_residual(residual) + residual).sum()
+        out = out + self.over_width(self.norms[6](x).permute(0, 3, 1, 2)).sum()
         return out + self.shared(self.norms[5](x)).sum() + self.shared(x).sum()
 
 
 def test_only_norms_whose_every_use_is_a_layer_of_their_own_fold():
     torch.manual_seed(0)
     model = FoldableAndNot().eval()
-    example = torch.randn(1, 4, 4, C)
+    example = torch.randn(1, 4, C, C)  # as wide as it has channels
     weights = {name: p.detach().clone() for name, p in model.state_dict().items()}
     program = decompose_for_xnnpack(torch.export.export(model, (example,), strict=False))
     assert fold_norm_affines(program) == 3

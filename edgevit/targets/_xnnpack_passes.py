@@ -295,9 +295,13 @@ def run_checked_once(exported_program: Any, pass_classes: list[type]) -> Any:
 
 
 def _kept_whole(program: Any) -> tuple[list, Callable | None]:
+    """The ops XNNPACK keeps whole, as ExecuTorch's marking path keeps them (mutating or aliasing ones dropped),
+    and the partitioner's per-node check."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir.program._program import _remove_invalid_ops_for_not_decompose
 
-    return XnnpackPartitioner().ops_to_not_decompose(program)
+    ops, check = XnnpackPartitioner().ops_to_not_decompose(program)
+    return _remove_invalid_ops_for_not_decompose(ops), check
 
 
 def decompose_for_xnnpack(program: Any) -> Any:

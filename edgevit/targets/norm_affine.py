@@ -64,45 +64,49 @@ def _affine(program: Any, add: torch.fx.Node) -> tuple[torch.fx.Node, torch.Tens
 
 
 def _routes_to_layers(program: Any, add: torch.fx.Node, channels: int) -> list | None:
-    """For each use of ``add``: the node reading it (a Linear, or a reshape or permute on the way to one) and the
-    layer; None unless every use reaches a layer that can take the affine."""
+    """For each use of ``add``: the node reading it (a Linear, or a reshape or permute on the way to a layer) and
+    the layer; None unless every use reaches a layer that can take the affine. Channels last (``add`` itself, or a
+    reshape keeping them last) feed Linears; the permute to channels first feeds convolutions."""
     routes = []
     for user in add.users:
-        if _takes_affine(program, user, add, channels):
+        if _takes_affine(program, user, add, channels, A.linear.default):
             routes.append((user, user))
             continue
-        layers = _through_shape_op(user, add, channels)
-        if layers is None or not layers or not all(_takes_affine(program, layer, user, channels) for layer in layers):
+        layer_op = _layer_behind(user, add, channels)
+        layers = list(user.users)
+        if layer_op is None or not layers:
+            return None
+        if not all(_takes_affine(program, layer, user, channels, layer_op) for layer in layers):
             return None
         routes.extend((user, layer) for layer in layers)
     return routes
 
 
-def _through_shape_op(user: torch.fx.Node, add: torch.fx.Node, channels: int) -> list | None:
-    """The layers behind a reshape that keeps the channel axis last, or behind the permute of a (B, H, W, C) map
-    to channels first; None for any other use."""
+def _layer_behind(user: torch.fx.Node, add: torch.fx.Node, channels: int) -> Any:
+    """The layer op that may read ``add`` through ``user``: a Linear behind a reshape that keeps the channel axis
+    last, a convolution behind the permute of a (B, H, W, C) map to channels first; None for any other use."""
     if user.op != "call_function" or user.args[0] is not add:
         return None
     if user.target == A.view.default and list(user.args[1])[-1] == channels:
-        return list(user.users)
+        return A.linear.default
     if user.target == A.permute.default and list(user.args[1]) == _TO_CHANNELS_FIRST:
-        return list(user.users)
+        return A.convolution.default
     return None
 
 
-def _takes_affine(program: Any, layer: torch.fx.Node, source: torch.fx.Node, channels: int) -> bool:
-    """A Linear or a convolution (no padding, no groups) reading ``source`` as its input, with constant weights
-    and bias of its own (used by no other node)."""
-    if layer.op != "call_function" or not layer.args or layer.args[0] is not source or layer.kwargs:
+def _takes_affine(program: Any, layer: torch.fx.Node, source: torch.fx.Node, channels: int, layer_op: Any) -> bool:
+    """A ``layer_op`` (a Linear, or a convolution without padding or groups) reading ``source`` as its input,
+    with constant weights and bias of its own (used by no other node)."""
+    if layer.op != "call_function" or layer.target != layer_op or layer.args[0] is not source or layer.kwargs:
         return False
-    if layer.target == A.linear.default and len(layer.args) == 3:
+    if layer_op == A.linear.default:
+        if len(layer.args) != 3:
+            return False
         weight_node, bias_node = layer.args[1], layer.args[2]
-    elif layer.target == A.convolution.default:
+    else:
         _, weight_node, bias_node, _, padding, _, transposed, _, groups = layer.args
         if transposed or groups != 1 or any(padding):
             return False
-    else:
-        return False
     own = all(isinstance(n, torch.fx.Node) and len(n.users) == 1 for n in (weight_node, bias_node))
     if not own:
         return False
