@@ -59,6 +59,46 @@ def timed_paths(fp16: list[str] | None) -> list[str]:
     return [kind for kind in PATHS if kind != FP16_PATH or fp16]
 
 
+def weights_path(model: str) -> Path:
+    return OUT / f"{model}-bench-weights.pth"
+
+
+def write_bench_weights(model: str) -> Path:
+    """The seeded model with every parameter its init leaves constant (LayerNorm gammas of one, zero biases, zero
+    tokens) moved off that constant, as training moves them, saved as a checkpoint every path loads.
+
+    At init a norm's affine is the identity, and LiteRT's converter drops a multiply by ones and an add of zeros:
+    the .tflite would then run ops fewer than the one a trained checkpoint gives, and the comparison would favour
+    it for a reason no shipped model has.
+    """
+    import torch
+
+    from edgevit.models import create_model
+
+    torch.manual_seed(SEED)
+    net = create_model(model).eval()
+    generator = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+                p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    path = weights_path(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def bench_model_weights(model: str):
+    """The model every timed path computes: the training form with the bench checkpoint's weights."""
+    import torch
+
+    from edgevit.models import create_model
+
+    net = create_model(model).eval()
+    net.load_state_dict(torch.load(weights_path(model), weights_only=True))
+    return net
+
+
 def artifact_names(model: str) -> dict[str, str]:
     """The artifact each timed path runs (eager builds its model in the worker)."""
     return {
@@ -95,10 +135,7 @@ def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: in
     before_mb = rss_mb()
     t0 = time.perf_counter()
     if kind == "eager":
-        from edgevit.models import create_model
-
-        torch.manual_seed(SEED)
-        net = create_model(model).eval()
+        net = bench_model_weights(model)
         xt = torch.from_numpy(x)
 
         def run():
@@ -132,15 +169,14 @@ def build_artifacts(model: str) -> dict:
     import torch
 
     from edgevit.export import export_model
-    from edgevit.models import create_model
     from edgevit.recipe import get_recipe
     from edgevit.targets import executorch as et
     from edgevit.targets.onnx import export_bytes
 
     OUT.mkdir(parents=True, exist_ok=True)
     info: dict = {}
-    torch.manual_seed(SEED)
-    train = create_model(model).eval()
+    checkpoint = write_bench_weights(model)
+    train = bench_model_weights(model)
     from edgevit.models import get_entry
 
     example = torch.randn(get_entry(model).input_spec.shape())
@@ -151,7 +187,9 @@ def build_artifacts(model: str) -> dict:
 
     info["targets"] = {}
     for target in ("executorch", "tflite", "onnx", "coreml"):
-        manifest = export_model(model, target=target, output_dir=OUT, force=True, seed=SEED, num_images=4).manifest
+        manifest = export_model(
+            model, target=target, output_dir=OUT, force=True, checkpoint=checkpoint, num_images=4
+        ).manifest
         info["targets"][target] = {
             "recipe": manifest["recipe"]["name"],
             "export_s": manifest["artifact"]["export_seconds"],
@@ -166,7 +204,7 @@ def build_artifacts(model: str) -> dict:
             }
 
     manifest = export_model(
-        model, recipe="executorch-xnnpack-fp16", output_dir=OUT, force=True, seed=SEED, num_images=4
+        model, recipe="executorch-xnnpack-fp16", output_dir=OUT, force=True, checkpoint=checkpoint, num_images=4
     ).manifest
     info["fp16"] = {
         "export_s": manifest["artifact"]["export_seconds"],
@@ -271,7 +309,8 @@ def render(model: str, timing: dict, info: dict, gmacs: float, args: argparse.Na
         f"{args.threads} threads, "
         f"{info['cpu']} ({platform.machine()}); "
         f"median of {args.rounds} alternating processes x {args.runs} runs after {args.warmup} warm-up runs "
-        f"(measured {time.strftime('%Y-%m-%d')}).",
+        f"(measured {time.strftime('%Y-%m-%d')}). Weights: seeded init with every constant parameter (norm "
+        "gammas, biases, tokens) moved off its constant, as a trained checkpoint has them, the same for every path.",
         "",
         "| path | median ms | vs (b) | GFLOP/s | memory MB |",
         "|---|---:|---:|---:|---:|",
