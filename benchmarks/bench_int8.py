@@ -14,12 +14,12 @@ import sys
 import time
 from pathlib import Path
 
+from bench_weights import write_bench_weights
 from results_doc import add_write_flag, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 RESULTS = ROOT / "benchmarks" / "results" / "int8.json"
-SEED = 0
 
 # per target: the fp32 reference recipe first, then the quantized recipes measured against it
 GROUPS = {
@@ -34,6 +34,7 @@ def export_all() -> dict[str, dict]:
     from edgevit.export import export_model
 
     OUT.mkdir(parents=True, exist_ok=True)
+    checkpoint = write_bench_weights("lvt")
     manifests = {}
     for target, recipes in GROUPS.items():
         for recipe in recipes:
@@ -45,7 +46,7 @@ def export_all() -> dict[str, dict]:
                 recipe,
                 output_dir=OUT,
                 force=True,
-                seed=SEED,
+                checkpoint=checkpoint,
                 num_images=8,
                 allow_gate_failures=True,
                 sensitivity=False,
@@ -158,7 +159,8 @@ def main() -> None:
         dots = ", ".join(env["int8_dot_products"] or []) or "none"
         note = (
             f"\n\n`make bench` (`benchmarks/bench_int8.py --rounds {args.rounds} --runs {args.runs}`, measured "
-            f"{time.strftime('%Y-%m-%d')}): lvt at 224, random weights (seed 0), 2 threads on {env['cpu']} (int8 "
+            f"{time.strftime('%Y-%m-%d')}): lvt at 224 with the bench checkpoint's weights "
+            f"(`benchmarks/bench_weights.py`), 2 threads on {env['cpu']} (int8 "
             f"dot-product instructions: {dots}), SQNR on 8 photos. Core ML rows: converted here, timed on macOS only."
         )
         write_section("int8", body + note)

@@ -19,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench_weights import bench_model_weights, write_bench_weights
 from model_table import write_summary
 from results_doc import add_write_flag, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out"
 RESULTS = ROOT / "benchmarks" / "results"
-SEED = 0
 
 
 def sgemm_gflops(threads: int) -> float:
@@ -57,46 +57,6 @@ FP16_PATH = "pte_fp16"  # timed only on cores with fp16 arithmetic: elsewhere XN
 
 def timed_paths(fp16: list[str] | None) -> list[str]:
     return [kind for kind in PATHS if kind != FP16_PATH or fp16]
-
-
-def weights_path(model: str) -> Path:
-    return OUT / f"{model}-bench-weights.pth"
-
-
-def write_bench_weights(model: str) -> Path:
-    """The seeded model with every parameter its init leaves constant (LayerNorm gammas of one, zero biases, zero
-    tokens) moved off that constant, as training moves them, saved as a checkpoint every path loads.
-
-    At init a norm's affine is the identity, and LiteRT's converter drops a multiply by ones and an add of zeros:
-    the .tflite would then run ops fewer than the one a trained checkpoint gives, and the comparison would favour
-    it for a reason no shipped model has.
-    """
-    import torch
-
-    from edgevit.models import create_model
-
-    torch.manual_seed(SEED)
-    net = create_model(model).eval()
-    generator = torch.Generator().manual_seed(SEED)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
-                p.add_(0.1 * torch.randn(p.shape, generator=generator))
-    path = weights_path(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
-    return path
-
-
-def bench_model_weights(model: str):
-    """The model every timed path computes: the training form with the bench checkpoint's weights."""
-    import torch
-
-    from edgevit.models import create_model
-
-    net = create_model(model).eval()
-    net.load_state_dict(torch.load(weights_path(model), weights_only=True))
-    return net
 
 
 def artifact_names(model: str) -> dict[str, str]:
