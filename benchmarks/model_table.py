@@ -53,7 +53,8 @@ def table() -> str:
         rows.append("| " + " | ".join(cells) + " |")
     notes = (
         "Latency: each model at its own input size (224x224; CrossViT 240x240), batch 1, fp32, 2 threads on this "
-        "machine, medians from `benchmarks/bench_model.py` (full tables in docs/results.md). Accuracy: trained at "
+        "machine, medians from `benchmarks/bench_model.py` (full tables in docs/results.md), with weights shaped like "
+        "a trained checkpoint's (`benchmarks/bench_weights.py`). Accuracy: trained at "
         "64x64 (CrossViT 120x120) on the digits set, held-out split, scored by the ExecuTorch artifact (int8: "
         "`executorch-xnnpack-int8`); other targets in the accuracy table."
     )
