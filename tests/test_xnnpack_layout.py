@@ -131,6 +131,26 @@ def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_sa
     assert fast_retraces < len(retraces) - fast_retraces
 
 
+def test_a_program_xnnpack_takes_whole_is_checked_against_the_edge_dialect_once(monkeypatch):
+    """ExecuTorch's per-pass dialect checks are off for the fast path; edgevit's one check after the lowering
+    still sees every delegated node: without the ops the partitioner keeps whole, the kept linear fails it."""
+    from torch._export.verifier import SpecViolationError
+
+    checks = []
+    check = et.check_delegated_edge_dialect
+    monkeypatch.setattr(
+        et, "check_delegated_edge_dialect", lambda gm, kept: checks.append((gm, kept)) or check(gm, kept)
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.GELU()).eval()
+    et.export(model, torch.randn(2, 8), get_recipe("executorch-xnnpack-fp32"))
+    assert len(checks) == 1
+    gm, kept = checks[0]
+    assert torch.ops.aten.linear.default in kept
+    with pytest.raises(SpecViolationError, match="linear"):
+        check(gm, [])
+
+
 class IntegerOffset(nn.Module):
     """A float map plus an integer buffer: the cast of the integer stays outside XNNPACK."""
 

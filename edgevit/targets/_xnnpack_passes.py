@@ -304,6 +304,11 @@ def _kept_whole(program: Any) -> tuple[list, Callable | None]:
     return _remove_invalid_ops_for_not_decompose(ops), check
 
 
+def kept_whole(program: Any) -> list:
+    """The ops XNNPACK keeps whole in ``program`` (the edge dialect allows them beside the core ATen ops)."""
+    return _kept_whole(program)[0]
+
+
 def decompose_for_xnnpack(program: Any) -> Any:
     """``program`` functionalized and decomposed as ExecuTorch decomposes it for XNNPACK where every node of the
     ops XNNPACK keeps whole passes the partitioner's check, in one run where ExecuTorch takes two; otherwise

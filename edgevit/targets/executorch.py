@@ -72,7 +72,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         xnnpack_only = _xnnpack_only(recipe)
         folded = 0
         if xnnpack_only:
-            from ._xnnpack_passes import decompose_for_xnnpack
+            from ._xnnpack_passes import decompose_for_xnnpack, kept_whole
             from .norm_affine import fold_norm_affines
 
             program = decompose_for_xnnpack(program)
@@ -84,6 +84,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
             audit = audit_lowered(edge.exported_program().graph_module)
         elif xnnpack_only:  # nothing outside for the dim-order pass to fix, which would retrace every node
             edge.compile_config._skip_dim_order = True
+            check_delegated_edge_dialect(edge.exported_program().graph_module, kept_whole(program))
         audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op, norm_affines_folded=folded)
         if fp16:
             audit.update(input_dtype="float16", output_dtype="float16")
@@ -107,10 +108,29 @@ def _xnnpack_only(recipe: Recipe) -> bool:
 
 def _edge_config(skip_dim_order: bool) -> Any:
     """XNNPACK's passes revert dim-order ops to the copies they were made from, so a program XNNPACK takes whole
-    is the same without them (two whole-program passes fewer); ops left outside take the dim-order form."""
+    is the same without them (two whole-program passes fewer); ops left outside take the dim-order form.
+
+    That program is not checked against the edge dialect after every ExecuTorch pass (each check runs every node
+    through its argument validator again: a sixth of mmvit_s's export) but once, after the lowering
+    (:func:`check_delegated_edge_dialect`); the default form keeps ExecuTorch's own checks."""
     from executorch.exir import EdgeCompileConfig
 
-    return EdgeCompileConfig(_skip_dim_order=skip_dim_order)
+    return EdgeCompileConfig(_skip_dim_order=skip_dim_order, _check_ir_validity=not skip_dim_order)
+
+
+def check_delegated_edge_dialect(gm: torch.fx.GraphModule, kept_whole: list) -> None:
+    """Check every delegated program in ``gm`` against the edge dialect, the ops the partitioner kept whole
+    allowed, as ExecuTorch's last check before the partitioning does; raises torch's ExportError naming the node
+    that fails."""
+    from executorch.exir import EdgeCompileConfig
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+    from executorch.exir.verification.verifier import EXIREdgeDialectVerifier
+
+    config = EdgeCompileConfig(_skip_dim_order=True)
+    verify = EXIREdgeDialectVerifier(edge_compile_config=config, class_only=True, preserve_ops=kept_whole)()
+    for module in gm.modules():
+        if isinstance(module, LoweredBackendModule):
+            verify(module.original_module.graph_module)
 
 
 def _program_dtype(recipe: Recipe) -> str:
