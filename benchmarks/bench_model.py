@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_weights import bench_model_weights, write_bench_weights
+from bench_weights import model_with_bench_weights, write_bench_weights
 from model_table import write_summary
 from results_doc import add_write_flag, write_section
 
@@ -95,7 +95,7 @@ def worker(model: str, kind: str, path: str, threads: int, warmup: int, runs: in
     before_mb = rss_mb()
     t0 = time.perf_counter()
     if kind == "eager":
-        net = bench_model_weights(model)
+        net = model_with_bench_weights(model)
         xt = torch.from_numpy(x)
 
         def run():
@@ -136,7 +136,7 @@ def build_artifacts(model: str) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     info: dict = {}
     checkpoint = write_bench_weights(model)
-    train = bench_model_weights(model)
+    train = model_with_bench_weights(model)
     from edgevit.models import get_entry
 
     example = torch.randn(get_entry(model).input_spec.shape())

@@ -38,7 +38,7 @@ def write_bench_weights(model: str) -> Path:
     return path
 
 
-def bench_model_weights(model: str):
+def model_with_bench_weights(model: str):
     """The training form with the bench checkpoint's weights (written by :func:`write_bench_weights`)."""
     import torch
 

@@ -125,7 +125,7 @@ def test_passes_that_change_nothing_skip_their_retrace_and_the_program_is_the_sa
     monkeypatch.setattr(provenance, "shared_provenance", contextlib.nullcontext)
     monkeypatch.setattr(_xnnpack_passes, "idle_edge_passes_skipped", contextlib.nullcontext)
     monkeypatch.setattr(_xnnpack_passes, "one_decomposition_partitioner", XnnpackPartitioner)
-    monkeypatch.setattr(et, "_edge_config", lambda skip_dim_order: EdgeCompileConfig())
+    monkeypatch.setattr(et, "_edge_config", lambda taken_whole: EdgeCompileConfig())
     every_pass = et.export(model, example, recipe)
     assert fast.data == every_pass.data and "upsample_bilinear2d" in fast.audit["ops_delegated"]
     assert fast_retraces < len(retraces) - fast_retraces
@@ -168,7 +168,7 @@ def test_ops_left_outside_the_delegate_keep_executorchs_dim_order_form(monkeypat
     example = torch.randn(1, 3, 4, 4)
     recipe = get_recipe("executorch-xnnpack-fp32")
     ours = et.export(IntegerOffset(), example, recipe)
-    monkeypatch.setattr(et, "_edge_config", lambda skip_dim_order: EdgeCompileConfig())
+    monkeypatch.setattr(et, "_edge_config", lambda taken_whole: EdgeCompileConfig())
     assert ours.audit["ops_outside"] == {"to_dim_order_copy": 1}
     assert ours.data == et.export(IntegerOffset(), example, recipe).data
 

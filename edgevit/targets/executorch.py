@@ -91,14 +91,14 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
 
 
-def _lower(program: Any, recipe: Recipe, skip_dim_order: bool) -> Any:
+def _lower(program: Any, recipe: Recipe, taken_whole: bool) -> Any:
     from executorch.exir import to_edge_transform_and_lower
 
     from ._xnnpack_passes import decomposed_already, idle_edge_passes_skipped
 
     with _xnnpack_layout_pass(), idle_edge_passes_skipped(), decomposed_already(program):
         return to_edge_transform_and_lower(
-            program, partitioner=_partitioners(recipe), compile_config=_edge_config(skip_dim_order)
+            program, partitioner=_partitioners(recipe), compile_config=_edge_config(taken_whole)
         )
 
 
@@ -106,8 +106,10 @@ def _xnnpack_only(recipe: Recipe) -> bool:
     return recipe.options.get("partitioners", ["xnnpack"]) == ["xnnpack"]
 
 
-def _edge_config(skip_dim_order: bool) -> Any:
-    """XNNPACK's passes revert dim-order ops to the copies they were made from, so a program XNNPACK takes whole
+def _edge_config(taken_whole: bool) -> Any:
+    """ExecuTorch's edge config for a program XNNPACK is expected to take whole, or ExecuTorch's default one.
+
+    XNNPACK's passes revert dim-order ops to the copies they were made from, so a program XNNPACK takes whole
     is the same without them (two whole-program passes fewer); ops left outside take the dim-order form.
 
     That program is not checked against the edge dialect after every ExecuTorch pass (each check runs every node
@@ -115,13 +117,13 @@ def _edge_config(skip_dim_order: bool) -> Any:
     (:func:`check_delegated_edge_dialect`); the default form keeps ExecuTorch's own checks."""
     from executorch.exir import EdgeCompileConfig
 
-    return EdgeCompileConfig(_skip_dim_order=skip_dim_order, _check_ir_validity=not skip_dim_order)
+    return EdgeCompileConfig(_skip_dim_order=taken_whole, _check_ir_validity=not taken_whole)
 
 
 def check_delegated_edge_dialect(gm: torch.fx.GraphModule, kept_whole: list) -> None:
     """Check every delegated program in ``gm`` against the edge dialect, the ops the partitioner kept whole
-    allowed, as ExecuTorch's last check before the partitioning does; raises torch's ExportError naming the node
-    that fails."""
+    allowed, as ExecuTorch's last check before the partitioning does; raises torch's SpecViolationError naming
+    the op that fails."""
     from executorch.exir import EdgeCompileConfig
     from executorch.exir.lowered_backend_module import LoweredBackendModule
     from executorch.exir.verification.verifier import EXIREdgeDialectVerifier
