@@ -47,12 +47,13 @@ def test_channels_first_csa_equals_csa(B, H, W, C, heads):
         ChannelsFirstCSA.from_module(CSA(8, 1, kernel_size=5))
 
 
-def test_csa_patches_are_unfold():
+@pytest.mark.parametrize("B", [2, 1])  # one image takes each tap as a single slice
+def test_csa_patches_are_unfold(B):
     torch.manual_seed(0)
-    x = torch.randn(2, 10, 6, 3)  # NHWC
-    taps = torch.stack(DeployCSA.patches(x), dim=-1)  # B, h, w, C, 9
+    x = torch.randn(B, 10, 6, 3)  # NHWC
+    taps = torch.stack([t.reshape(B, 5, 3, 3) for t in DeployCSA.patches(x)], dim=-1)  # B, h, w, C, 9
     ref = torch.nn.Unfold(3, padding=1, stride=2)(x.permute(0, 3, 1, 2))  # B, C*9, h*w
-    torch.testing.assert_close(taps.permute(0, 3, 4, 1, 2).reshape(2, 27, 15), ref, **TOL)
+    torch.testing.assert_close(taps.permute(0, 3, 4, 1, 2).reshape(B, 27, 15), ref, **TOL)
 
 
 def test_deploy_csa_refuses_other_kernels():

@@ -64,17 +64,28 @@ class DeployCSA(nn.Module):
 
     @staticmethod
     def patches(x: torch.Tensor) -> list[torch.Tensor]:
-        """The nine taps of 3x3 patches at stride 2, padding 1: ``taps[ki*3+kj][b, m, n] = x[b, 2m+ki-1, 2n+kj-1]``."""
+        """The nine taps of 3x3 patches at stride 2, padding 1, each holding ``x[b, 2m+ki-1, 2n+kj-1]`` for
+        tap ``ki*3+kj`` in (b, m, n, channel) order; their shape is this function's own (reshape to (B, h, w, C)).
+
+        With one image, one view of the padded map exposes (row block, row parity, column block, column
+        parity and channel), so each tap is a single slice of it. Otherwise the rows are sliced first, then
+        each row's columns. XNNPACK copies a reshape whose output several ops read, so the single-slice form
+        also saves the three row copies and their reshapes."""
         B, H, W, C = x.shape
         h, w = H // 2, W // 2
         padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # B, 2(h+1), 2(w+1), C
+        if isinstance(B, int) and B == 1:
+            grid = padded.reshape(h + 1, 2, w + 1, 2 * C)
+            return [
+                grid[ki // 2 : ki // 2 + h, ki % 2 : ki % 2 + 1, kj // 2 : kj // 2 + w, kj % 2 * C : (kj % 2 + 1) * C]
+                for ki in range(3)
+                for kj in range(3)
+            ]
         rows = padded.reshape(B, h + 1, 2, 2 * (w + 1) * C)  # row = 2*block + parity
         taps = []
         for ki in range(3):
             row = rows[:, ki // 2 : ki // 2 + h, ki % 2 : ki % 2 + 1].reshape(B * h, w + 1, 2, C)
-            for kj in range(3):
-                tap = row[:, kj // 2 : kj // 2 + w, kj % 2 : kj % 2 + 1]
-                taps.append(tap.reshape(B, h, w, C))
+            taps.extend(row[:, kj // 2 : kj // 2 + w, kj % 2 : kj % 2 + 1] for kj in range(3))
         return taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,9 +106,10 @@ class DeployCSA(nn.Module):
         rows = [torch.cat(values[3 * i : 3 * i + 3], dim=2) for i in range(3)]
         values = torch.cat(rows, dim=1).reshape(B * L * heads, 9, d)
 
-        out = torch.bmm(attn, values).reshape(B * L, heads, 9, d)
-        # slice each output tap (stride-1 slice; select has no XNNPACK node)
-        out_taps = [out[:, :, t : t + 1].reshape(B, H // 2, W // 2, C) for t in range(9)]
+        out = torch.bmm(attn, values)  # rows (b, location, head), so tap t's rows are the (B, h, w, C) map
+        # slice each output tap straight from the product (stride-1 slice; select has no XNNPACK node): a
+        # reshape there would feed nine slices, and XNNPACK copies such a reshape
+        out_taps = [out[:, t : t + 1].reshape(B, H // 2, W // 2, C) for t in range(9)]
         return self.proj(self.fold(out_taps))
 
 

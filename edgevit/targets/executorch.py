@@ -77,29 +77,32 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
 
             program = decompose_for_xnnpack(program)
             folded = fold_norm_affines(program)
-        edge = _lower(program, recipe, xnnpack_only)
+        edge, copies_removed = _lower(program, recipe, xnnpack_only)
         audit = audit_lowered(edge.exported_program().graph_module)
         if audit["ops_outside"] and xnnpack_only:  # those ops take ExecuTorch's dim-order form
-            edge = _lower(program, recipe, False)
+            edge, copies_removed = _lower(program, recipe, False)
             audit = audit_lowered(edge.exported_program().graph_module)
         elif xnnpack_only:  # nothing outside for the dim-order pass to fix, which would retrace every node
             edge.compile_config._skip_dim_order = True
             check_delegated_edge_dialect(edge.exported_program().graph_module, kept_whole(program))
         audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op, norm_affines_folded=folded)
+        audit.update(xnnpack_copies_removed=dict(copies_removed))
         if fp16:
             audit.update(input_dtype="float16", output_dtype="float16")
         return ExportedArtifact.from_bytes(edge.to_executorch().buffer, audit)
 
 
-def _lower(program: Any, recipe: Recipe, taken_whole: bool) -> Any:
+def _lower(program: Any, recipe: Recipe, taken_whole: bool) -> tuple[Any, Counter]:
+    """The lowered edge program, and what :mod:`._xnnpack_graph` removed from its XNNPACK graphs."""
     from executorch.exir import to_edge_transform_and_lower
 
     from ._xnnpack_passes import decomposed_already, idle_edge_passes_skipped
 
-    with _xnnpack_layout_pass(), idle_edge_passes_skipped(), decomposed_already(program):
-        return to_edge_transform_and_lower(
+    with _xnnpack_layout_pass() as copies_removed, idle_edge_passes_skipped(), decomposed_already(program):
+        edge = to_edge_transform_and_lower(
             program, partitioner=_partitioners(recipe), compile_config=_edge_config(taken_whole)
         )
+    return edge, copies_removed
 
 
 def _xnnpack_only(recipe: Recipe) -> bool:
@@ -144,13 +147,15 @@ def _program_dtype(recipe: Recipe) -> str:
 
 
 @contextmanager
-def _xnnpack_layout_pass() -> Iterator[None]:
+def _xnnpack_layout_pass() -> Iterator[Counter]:
     """Add edgevit's layout passes to XNNPACK's own while a program is lowered (the delegate takes no extra
     passes as an argument): one just before its channels-last pass, one after the last. Every pass skips the
-    retrace where it changed nothing, and the program is checked once after the last (``_xnnpack_passes``)."""
+    retrace where it changed nothing, and the program is checked once after the last (``_xnnpack_passes``).
+    Each XNNPACK graph then loses the copies that move no data (``_xnnpack_graph``), counted in the yield."""
     from executorch.backends.xnnpack import xnnpack_preprocess
     from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import ChannelsLastTaggedReshapePass
 
+    from ._xnnpack_graph import remove_needless_copies
     from ._xnnpack_layout import PinPermutesContiguousPass, RemoveLayoutRoundTripsPass
     from ._xnnpack_passes import lazy, run_checked_once
 
@@ -172,11 +177,20 @@ def _xnnpack_layout_pass() -> Iterator[None]:
         def transform(self):
             return run_checked_once(self.exported_program, self.passes)
 
+    serialize = xnnpack_preprocess.serialize_xnnpack_binary
+    removed: Counter = Counter()
+
+    def serialize_without_needless_copies(graph: Any, *args: Any, **kwargs: Any) -> bytes:
+        removed.update(remove_needless_copies(graph))
+        return serialize(graph, *args, **kwargs)
+
     xnnpack_preprocess.XNNPACKPassManager = PassManager
+    xnnpack_preprocess.serialize_xnnpack_binary = serialize_without_needless_copies
     try:
-        yield
+        yield removed
     finally:
         xnnpack_preprocess.XNNPACKPassManager = base
+        xnnpack_preprocess.serialize_xnnpack_binary = serialize
 
 
 def audit_lowered(gm: torch.fx.GraphModule) -> dict[str, Any]:
