@@ -184,3 +184,43 @@ def test_provenance_is_shared_only_while_lowering():
     with shared_provenance():
         assert copy.deepcopy(record) is record
     assert copy.deepcopy(record) is not record and "__deepcopy__" not in NodeSource.__dict__
+
+
+class SlicesOfSlices(nn.Module):
+    """Slices over several dims (one XNNPACK slice per dim as ExecuTorch writes them), and a slice of one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * 2.0
+        corner = y[:, 1:5, 2:6, 3:11]
+        return corner[:, 1:3] + y[:, 0:2, 0:4, 0:8]
+
+
+def _op_counts(path) -> dict[str, int]:
+    return {row["op"]: row["count"] for row in profile_pte(path, threads=1, warmup=1, runs=2)["ops"]}
+
+
+def test_slice_chains_run_as_one_slice_each(tmp_path):
+    torch.manual_seed(0)
+    model, example = SlicesOfSlices(), torch.randn(1, 12, 12, 16)
+    artifact = et.export(model, example, get_recipe("executorch-xnnpack-fp32"))
+    artifact.write(tmp_path / "slices.pte")
+    # seven slice ops in torch, one per sliced dim: chains of four and three
+    assert artifact.audit["xnnpack_copies_removed"]["slices_merged"] == 5
+    assert _op_counts(tmp_path / "slices.pte")["Slice (ND, X32)"] == 2
+    out = torch.from_numpy(open_runner(tmp_path / "slices.pte").run_batch(example.numpy()))
+    assert torch.equal(out, model(example))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_identity_reshapes_left_by_the_layout_passes_are_dropped(block_and_inputs, tmp_path, precision):
+    """The relabelling reshapes where a layout round trip was removed (after the conv, read by the norm's
+    Linear and subtraction; before the two convs) would each copy the map, as several ops read them."""
+    block, example, batch = block_and_inputs
+    model = block
+    if precision == "int8":
+        quantizer = backend_quantizer("executorch", {"scheme": "static", "per_channel": True})
+        model = quantize(block, example, quantizer, batch)
+    artifact = et.export(model, example, get_recipe(f"executorch-xnnpack-{precision}"))
+    artifact.write(tmp_path / "block.pte")
+    assert artifact.audit["xnnpack_copies_removed"]["identity_reshapes_removed"] >= 2
+    assert not any(op.startswith("Static Reshape") for op in _op_counts(tmp_path / "block.pte"))
