@@ -83,6 +83,9 @@ def test_op_profile_takes_the_median_run_after_the_warmup():
     assert summary["ops"][0] == {"op": "Fully Connected (NC, F32) GEMM", "count": 2, "ms": 5.0, "share": 0.8333}
     with pytest.raises(EdgevitError, match="no timed run"):
         summarize(events, warmup=4)
+    # ops all within the timer's resolution (a tiny model): counted, with no share
+    instant = summarize([("Method::execute", [0.0, 0.0]), ("Slice (ND, X32) #1", [0.0, 0.0])], warmup=1)
+    assert instant["ops"] == [{"op": "Slice (ND, X32)", "count": 1, "ms": 0.0, "share": 0.0}]
 
 
 def test_compare_against_an_earlier_run(bench_run, tiny_artifacts):

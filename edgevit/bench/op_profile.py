@@ -45,7 +45,13 @@ def summarize(events: list[tuple[str, list[float]]], warmup: int) -> dict[str, A
     execute = [times[warmup:] for name, times in events if name == "Method::execute"]
     ops_ms = totals[median_run]
     rows = [
-        {"op": op, "count": len(times), "ms": round(sum(times), 4), "share": round(sum(times) / ops_ms, 4)}
+        # a model small enough runs every op within the timer's resolution: no share to give
+        {
+            "op": op,
+            "count": len(times),
+            "ms": round(sum(times), 4),
+            "share": round(sum(times) / ops_ms, 4) if ops_ms else 0.0,
+        }
         for op, times in by_type.items()
     ]
     return {
