@@ -253,17 +253,31 @@ def measure(model: str, rounds: int, runs: int, warmup: int, threads: int, kinds
         )
         sgemm.append(json.loads(proc.stdout.strip().splitlines()[-1])["gflops"])
     timing: dict = {
-        k: {"median_ms": statistics.median(v), "per_process_medians_ms": v, "memory_mb": statistics.median(memory[k])}
+        k: {
+            "median_ms": statistics.median(v),
+            "best_ms": min(v),  # the path in the VM's fast state (see STATES)
+            "per_process_medians_ms": v,
+            "memory_mb": statistics.median(memory[k]),
+        }
         for k, v in per_kind.items()
     }
     timing["sgemm_gflops"] = round(max(sgemm), 1)
     return timing
 
 
+# why the table gives two figures per path
+STATES = (
+    "Two figures per path: the median of the per-process medians, and the fastest per-process median. The VMs "
+    "this runs on switch between a fast and a slow state for tens of seconds at a time (one process ran the "
+    "`lvt` `.pte` at 12.8 ms for 21 s, then at 21.4 ms); the median counts whichever state each process met, "
+    "the best process is the path in the fast state. Ratios compare like with like."
+)
+
+
 def render(model: str, timing: dict, info: dict, gmacs: float, args: argparse.Namespace) -> str:
     from edgevit.models import get_entry, size_text
 
-    base = timing["onnx"]["median_ms"]
+    base, best_base = timing["onnx"]["median_ms"], timing["onnx"].get("best_ms")
     lines = [
         f"`{model}` ({gmacs:.2f} GMACs) at {size_text(get_entry(model).input_spec.size)}, batch 1, "
         f"{args.threads} threads, "
@@ -272,16 +286,19 @@ def render(model: str, timing: dict, info: dict, gmacs: float, args: argparse.Na
         f"(measured {time.strftime('%Y-%m-%d')}). Weights: seeded init with every constant parameter (norm "
         "gammas, biases, tokens) moved off its constant, as a trained checkpoint has them, the same for every path.",
         "",
-        "| path | median ms | vs (b) | GFLOP/s | memory MB |",
-        "|---|---:|---:|---:|---:|",
+        "| path | median ms | vs (b) | best process ms | vs (b) | GFLOP/s | memory MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, label in PATHS.items():
         if kind not in timing:
-            lines.append(f"| {label} | not timed: {info['cpu']} has no fp16 arithmetic | | | |")
+            lines.append(f"| {label} | not timed: {info['cpu']} has no fp16 arithmetic | | | | | |")
             continue
-        ms = timing[kind]["median_ms"]
+        ms, best = timing[kind]["median_ms"], timing[kind].get("best_ms")
         gflops = 2 * gmacs / (ms / 1e3)
-        lines.append(f"| {label} | {ms:.1f} | {ms / base:.2f}x | {gflops:.0f} | {timing[kind]['memory_mb']:.0f} |")
+        best_cells = f"{best:.1f} | {best / best_base:.2f}x" if best else "— | —"
+        lines.append(
+            f"| {label} | {ms:.1f} | {ms / base:.2f}x | {best_cells} | {gflops:.0f} | {timing[kind]['memory_mb']:.0f} |"
+        )
     lines += [
         "",
         "| target (recipe) | export s | size MB | max abs diff vs PyTorch |",
@@ -296,7 +313,9 @@ def render(model: str, timing: dict, info: dict, gmacs: float, args: argparse.Na
         "",
         f"fp32 sgemm on this machine reaches {info['sgemm_gflops']:.0f} GFLOP/s ({args.threads} threads), so "
         f"{2 * gmacs:.2f} GFLOP take at least {floor_ms:.1f} ms: (c) runs at "
-        f"{timing['pte']['median_ms'] / floor_ms:.2f}x that floor.",
+        f"{timing['pte']['median_ms'] / floor_ms:.2f}x that floor (its best process "
+        f"{timing['pte'].get('best_ms', timing['pte']['median_ms']) / floor_ms:.2f}x).",
+        STATES,
         f"(c) is {p['partitions']} XNNPACK partition(s) with {p['ops_outside']} ops outside, {p['size_mb']} MB, "
         f"exported in {p['export_s']:.0f} s, max abs diff {p['max_abs_diff']:.1e} vs PyTorch on real photos.",
         f"Memory: the process's peak resident set after load and {args.runs + args.warmup} runs, minus its resident "
