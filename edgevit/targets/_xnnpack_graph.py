@@ -57,9 +57,9 @@ class _Values:
 
     def alike(self, a: int, b: int) -> bool:
         """Same dtype and quantization, so an op that moves bytes may stand between them."""
-        ta, tb = _tensor(self.described[a]), _tensor(self.described[b])
-        quant = (getattr(self.described[v].xvalue_union, "quant_params", None) for v in (a, b))
-        return ta.datatype == tb.datatype and next(quant) == next(quant)
+        va, vb = self.described[a].xvalue_union, self.described[b].xvalue_union
+        same_quantization = getattr(va, "quant_params", None) == getattr(vb, "quant_params", None)
+        return _tensor(self.described[a]).datatype == _tensor(self.described[b]).datatype and same_quantization
 
     def dims(self, value: int) -> list[int]:
         return list(_tensor(self.described[value]).dims)
@@ -81,9 +81,9 @@ def _merge_slice_chains(graph: XNNGraph, values: _Values) -> int:
             continue
         if first.num_dims != second.num_dims:
             continue
+        # the second reads the first's input where the first did (its readers' count is unchanged)
         second.offsets = [a + b for a, b in zip(first.offsets, second.offsets, strict=True)]
         second.input_id = first.input_id
-        values.readers[first.input_id] += 1
         dropped.add(id(first_node))
     graph.xnodes[:] = [n for n in graph.xnodes if id(n) not in dropped]
     return len(dropped)
