@@ -157,3 +157,22 @@ def test_hardware_notes_only_for_the_precision_whose_instructions_are_missing(tm
     notes = hardware_notes([record("m-fp16", ["AVX-512 VNNI"]), record("m-fp16", [], ["asimdhp"], "phone")])
     assert len(notes) == 1 and notes[0].startswith("host (AMD EPYC) has no fp16 arithmetic")
     assert hardware_notes([record("m-fp16-weights", [])]) == []
+
+
+def _timed(name: str, round_medians: list[float]) -> dict:
+    return {"artifact": {"name": name}, "rounds": [{"median_ms": m, "n": 30} for m in round_medians]}
+
+
+def test_paired_ratios_compare_processes_that_ran_back_to_back():
+    from edgevit.bench.report import paired_ratios, state_notes
+
+    # the machine ran slow in round 2, and for a alone in round 3: the medians of the rounds (20 and 9 ms) would
+    # make b 0.45x of a, while in the rounds where both met the same state it takes 0.9x
+    a, b = _timed("a.pte", [10.0, 20.0, 20.0]), _timed("b.pte", [9.0, 18.0, 9.0])
+    once = {"artifact": {"name": "c.onnx"}, "rounds": [{"median_ms": 5.0, "n": 30}]}
+    ratios = paired_ratios([a, b, once])
+    assert ratios[0] == 1.0 and ratios[2] is None
+    assert ratios[1] == pytest.approx(0.9)
+    assert paired_ratios([_timed("x", [1.0]), _timed("y", [2.0])]) == [None, None]
+    notes = state_notes([a, _timed("steady.pte", [10.0, 11.0])])
+    assert len(notes) == 1 and notes[0].startswith("a.pte: its rounds' medians ran from 10.00 to 20.00 ms")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,50 @@ def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+# a record whose slowest round's median is this much above its fastest met a machine that changed speed
+STATE_CHANGE = 1.3
+
+
+def _round_medians(record: dict[str, Any]) -> list[float]:
+    return [r["median_ms"] for r in record.get("rounds", [])]
+
+
+def paired_ratios(records: list[dict[str, Any]]) -> list[float | None]:
+    """Each record against the first one timed in several rounds, round by round: the median of its round's
+    median over the first record's in the same round. The processes of one round ran back to back, so a machine
+    that changes speed between rounds moves both sides of each ratio alike. None for records timed once."""
+    base = next((_round_medians(r) for r in records if len(_round_medians(r)) > 1), None)
+    ratios: list[float | None] = []
+    for r in records:
+        rounds = _round_medians(r)
+        if base is None or len(rounds) < 2:
+            ratios.append(None)
+            continue
+        ratios.append(statistics.median(a / b for a, b in zip(rounds, base, strict=False)))
+    return ratios
+
+
+def state_notes(records: list[dict[str, Any]]) -> list[str]:
+    """A note per record whose rounds' medians are far apart: the machine changed speed while it ran."""
+    notes = []
+    for r in records:
+        rounds = _round_medians(r)
+        if len(rounds) > 1 and max(rounds) > STATE_CHANGE * min(rounds):
+            notes.append(
+                f"{r['artifact']['name']}: its rounds' medians ran from {min(rounds):.2f} to {max(rounds):.2f} ms: the "
+                "machine changed speed between rounds, so the median mixes its states; the 'paired' ratio compares "
+                "processes that ran back to back"
+            )
+    return notes
+
+
 def results_table(records: list[dict[str, Any]]) -> Table:
-    """One row per record; ratios are medians relative to the first record that has one. Device and threads
-    go in the title when every record shares them."""
+    """One row per record; ratios are medians relative to the first record that has one, and (several rounds)
+    paired round by round (:func:`paired_ratios`). Device and threads go in the title when every record
+    shares them."""
     base = next((r["stats"]["median"] for r in records if r["stats"].get("median")), None)
+    paired = paired_ratios(records)
+    show_paired = any(ratio is not None for ratio in paired)
     where = {(r["device"], r["threads"]) for r in records}
     common = len(where) == 1
     title = "latency in ms, inference only"
@@ -26,13 +67,14 @@ def results_table(records: list[dict[str, Any]]) -> Table:
         title += f" ({device}, {threads} threads)"
     columns = ["artifact", "runtime"] + ([] if common else ["device", "thr"])
     columns += ["n", "median", "p90", "mean", "trim", "std", "min", "load", "MB", "ratio"]
+    columns += ["paired"] if show_paired else []
     table = Table(*columns, title=title)
-    for r in records:
+    for r, pair in zip(records, paired, strict=True):
         s = r["stats"]
         lead = [r["artifact"]["name"], r["runtime"]] + ([] if common else [r["device"], str(r["threads"] or "")])
         if not s.get("median") and not s.get("mean"):
             why = r.get("reason") or r.get("error", "")
-            table.add_row(*lead, f"[yellow]{r['status']}[/]", why[:60], *[""] * 8)
+            table.add_row(*lead, f"[yellow]{r['status']}[/]", why[:60], *[""] * (9 if show_paired else 8))
             continue
         if r["status"] != "ok":
             lead[0] += f" [red]({r['status']})[/]"
@@ -49,6 +91,7 @@ def results_table(records: list[dict[str, Any]]) -> Table:
             _ms(r.get("load_ms")),
             "" if "memory_mb" not in r else f"{r['memory_mb']['peak']:.0f}",
             f"{median / base:.2f}x" if base and median else "",
+            *([f"{pair:.2f}x" if pair is not None else ""] if show_paired else []),
         )
     return table
 

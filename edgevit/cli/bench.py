@@ -52,12 +52,13 @@ def bench(
 
     Only the inference is timed, after discarded warm-up runs.
     Columns: n, median, p90, mean, trimmed mean (middle 80%), std, min, load ms, peak MB, ratio to the first.
-    On the host each artifact runs in a fresh process; --rounds alternates several.
+    On the host each artifact runs in a fresh process; --rounds alternates several, and 'paired' is then the
+    median of the per-round ratios to the first artifact (robust to a machine that changes speed).
     """
     from ..bench.devices import get_profile
     from ..bench.host import Settings
     from ..bench.record import read_records, write_records
-    from ..bench.report import compare_table, hardware_notes, op_profile_table, plot, results_table
+    from ..bench.report import compare_table, hardware_notes, op_profile_table, plot, results_table, state_notes
     from ..bench.run import bench as run_bench
     from ..bench.run import check_artifacts
     from ..fileio import check_writable_dir
@@ -81,7 +82,7 @@ def bench(
     for r in records:
         for flag in r.get("flags", []):
             out.print(f"[yellow]{r['artifact']['name']}: {flag}[/]", highlight=False)
-    for note in hardware_notes(records):
+    for note in hardware_notes(records) + state_notes(records):
         out.print(f"[yellow]{note}[/]", highlight=False)
     if old is not None:
         table, matched = compare_table(old, records)
