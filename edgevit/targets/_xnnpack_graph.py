@@ -100,7 +100,8 @@ def _remove_identity_reshapes(graph: XNNGraph, values: _Values) -> int:
                 setattr(union, name, replaced[value])
         if (
             isinstance(union, XNNStaticReshape)
-            and values.dims(union.input_id) == values.dims(union.output_id)
+            # every dim given (none inferred, so none dynamic) and each the input's: the same tensor at any run
+            and list(union.new_shape) == values.dims(union.input_id) == values.dims(union.output_id)
             and values.internal(union.input_id)
             and values.internal(union.output_id)
             and values.alike(union.input_id, union.output_id)
