@@ -97,10 +97,8 @@ def sqnr_of(manifest: dict) -> tuple[float | None, str]:
     return numerics["sqnr_db"], ""
 
 
-def table(manifests: dict[str, dict], per_process: dict[str, list[float]]) -> str:
+def table(manifests: dict[str, dict], latency: dict[str, float], best: dict[str, float]) -> str:
     """Median of the per-process medians, and the fastest process (the VM's fast state; see bench_model.STATES)."""
-    latency = {recipe: statistics.median(v) for recipe, v in per_process.items()}
-    best = {recipe: min(v) for recipe, v in per_process.items()}
     rows = [
         "| recipe | size | vs fp32 size | host median | vs fp32 | best process | vs fp32 | SQNR vs PyTorch fp32 "
         "| top-1 agree |",
@@ -144,14 +142,16 @@ def main() -> None:
     if args.export_only:
         return
     per_process = measure(manifests, args.rounds, args.runs)
-    body = table(manifests, per_process)
+    latency = {recipe: statistics.median(v) for recipe, v in per_process.items()}
+    best = {recipe: min(v) for recipe, v in per_process.items()}
+    body = table(manifests, latency, best)
     print(body)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(
             {
-                "latency_ms": {recipe: statistics.median(v) for recipe, v in per_process.items()},
-                "best_process_ms": {recipe: min(v) for recipe, v in per_process.items()},
+                "latency_ms": latency,
+                "best_process_ms": best,
                 "rounds": args.rounds,
                 "runs": args.runs,
                 "artifacts": {

@@ -26,10 +26,14 @@ def _ms(timing: dict, kind: str) -> str:
     return f"{timing[kind]['median_ms']:.1f}" if kind in timing else "—"
 
 
+def best_ms(timing: dict, kind: str) -> float:
+    """The path's fastest per-process median: the path in the VM's fast state (bench_model.STATES)."""
+    return min(timing[kind]["per_process_medians_ms"])
+
+
 def _best_ratio(timing: dict) -> str:
-    """.pte against (b), each in its fastest process (the VM's fast state; bench_model.STATES)."""
-    best = {k: min(timing[k]["per_process_medians_ms"]) for k in ("pte", "onnx") if k in timing}
-    return f"{best['pte'] / best['onnx']:.2f}x" if len(best) == 2 else "—"
+    """.pte against (b), each in its fastest process."""
+    return f"{best_ms(timing, 'pte') / best_ms(timing, 'onnx'):.2f}x" if "pte" in timing and "onnx" in timing else "—"
 
 
 def _top1(accuracy: dict, stage: str) -> str:
