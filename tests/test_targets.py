@@ -10,6 +10,8 @@ import torch
 
 from edgevit.inspection import audit_file
 from edgevit.lowering import lower
+from edgevit.lowering.blocks import multi_head_attention
+from edgevit.lowering.layout import get_layout
 from edgevit.numerics import compare
 from edgevit.recipe import get_recipe
 from edgevit.runtime import host_cannot_run, open_runner
@@ -108,6 +110,39 @@ def test_tflite_export_is_builtin_rank_4_and_matches(tmp_path, photos_64, recipe
         ref = model(photos_64).numpy()
     result = compare(ref, runner.run_batch(photos_64.numpy()))
     assert result["max_abs_diff"] < 1e-4 and result["top1_agreement"] == 1.0
+
+
+class OneHeadAttention(torch.nn.Module):
+    """Single-head attention over (1, N, 8) tokens in a given deploy layout, keys and values from the same tokens."""
+
+    def __init__(self, layout_name: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layout = get_layout(layout_name)
+        self.q, self.kv = torch.nn.Linear(8, 8), torch.nn.Linear(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kv = self.kv(x)
+        return multi_head_attention(self.layout, self.q(x), kv[..., :8], kv[..., 8:], heads=1)
+
+
+@pytest.mark.parametrize("tokens", [16, 17])
+def test_tflite_one_head_attention_runs_in_one_xnnpack_partition(tmp_path, tokens):
+    # LiteRT's converter turns a one-batch q @ k^T into a FULLY_CONNECTED with the keys as its weights, which
+    # its XNNPACK delegate leaves outside; the LiteRT layout runs the product as two batches of query halves
+    x = torch.randn(1, tokens, 8)
+    recipe = get_recipe("tflite-fp32")
+    plain = tflite.export(OneHeadAttention("tokens-last"), x, recipe).audit
+    assert plain["xnnpack_partitions"] == 2 and plain["ops"]["FULLY_CONNECTED"] == 3
+    model = OneHeadAttention(get_target("tflite").layout)
+    artifact = tflite.export(model, x, recipe)
+    assert artifact.audit["xnnpack_partitions"] == 1 and artifact.audit["ops"]["FULLY_CONNECTED"] == 2
+    path = tmp_path / "attention.tflite"
+    artifact.write(path)
+    with torch.no_grad():
+        ref = OneHeadAttention("tokens-last")(x).numpy()
+        assert compare(ref, model(x).numpy())["max_abs_diff"] < 1e-6  # the halves form equals the plain one
+    assert compare(ref, open_runner(path, threads=2).run_batch(x.numpy()))["max_abs_diff"] < 1e-5
 
 
 def test_training_form_tflite_needs_a_scatter_the_runtime_cannot_run():

@@ -65,12 +65,23 @@ class Layout:
         return F.pad(x, (0, 0) * (x.dim() - 1 - self.token_axis) + (1, 0))
 
 
+def _one_batch(x: torch.Tensor) -> bool:
+    return isinstance(x.shape[0], int) and x.shape[0] == 1  # a traced dynamic batch is not one
+
+
 @dataclass(frozen=True)
 class TokensLast(Layout):
-    """(B, H, W, C) / (B, N, C): Linear layers, attention as 3-D ``bmm`` on (B*heads, N, d)."""
+    """(B, H, W, C) / (B, N, C): Linear layers, attention as 3-D ``bmm`` on (B*heads, N, d).
+
+    ``query_halves`` (LiteRT): a product with one batch (one image, one head) runs as two, over the top and
+    bottom halves of the queries. LiteRT's converter rewrites a one-batch ``q @ k^T`` into a FULLY_CONNECTED
+    whose weights are the keys, a tensor computed at run time, which its XNNPACK delegate leaves to the
+    interpreter: the graph splits around every such product.
+    """
 
     token_axis: ClassVar[int] = 1
     fuse_projections: ClassVar[bool] = True
+    query_halves: bool = False
 
     def linear(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Module:
         """A fresh layer computing ``x @ weight.T + bias`` on this layout's channel axis."""
@@ -149,10 +160,26 @@ class TokensLast(Layout):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Callable | None = None) -> torch.Tensor:
         """softmax(q k [+ bias]) v per head (the softmax scale is already in k), laid out as ``q``; ``bias``
         takes the logits, (B*heads, N, M) here, and ``q`` and returns them with its term added."""
+        if self.query_halves and _one_batch(q) and (bias is None or q.shape[1] % 2 == 0):
+            return self._attend_query_halves(q, k, v, bias)
         logits = torch.bmm(q, k)
         if bias is not None:
             logits = bias(logits, q)
         return torch.bmm(logits.softmax(dim=-1), v)
+
+    @staticmethod
+    def _attend_query_halves(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Callable | None) -> torch.Tensor:
+        """:meth:`attend` for one batch as two: queries (1, N, d) as (2, N/2, d), keys and values broadcast. The
+        halves are a reshape of the same rows, so the logits are too, and ``bias`` sees them laid out as before
+        (N is even then: its terms follow the query grid); an odd N takes one zero query row, dropped after."""
+        N, d = q.shape[1], q.shape[2]
+        odd = N % 2
+        halves = (F.pad(q, (0, 0, 0, 1)) if odd else q).reshape(2, (N + odd) // 2, d)
+        logits = torch.matmul(halves, k)
+        if bias is not None:
+            logits = bias(logits.reshape(1, N, -1), q).reshape(2, N // 2, -1)
+        out = torch.matmul(logits.softmax(dim=-1), v).reshape(1, N + odd, d)
+        return out[:, :N] if odd else out
 
     def merge_heads(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """:meth:`attend`'s output as tokens or a map of ``shape``, heads side by side on the channel axis."""
@@ -255,6 +282,7 @@ LAYOUTS: dict[str, Layout] = {
     for layout in (
         TokensLast("tokens-last", channels_first=False, native_norm=False),
         TokensLast("tokens-last-layernorm", channels_first=False, native_norm=True),
+        TokensLast("tokens-last-litert", channels_first=False, native_norm=False, query_halves=True),
         ChannelsFirst("channels-first", channels_first=True, native_norm=True),
     )
 }

@@ -165,7 +165,7 @@ class TFLiteTarget(Target):
     suffix = ".tflite"
     description = "LiteRT flatbuffer (.tflite), all builtin ops, XNNPACK or GPU delegate on Android"
     order = 2
-    layout = "tokens-last"
+    layout = "tokens-last-litert"  # tokens last, one-batch attention products as two (see the layout)
     default_recipe = "tflite-fp32"
     int8_recipe = "tflite-int8"
     runtime = "litert"
