@@ -83,11 +83,13 @@ def export(
     from ..models import check_input_size, get_entry, parse_size
     from ..quant.flow import QuantizeRequest
     from ..recipe import get_recipe
-    from ..targets import list_targets
+    from ..targets import get_target, list_targets
 
     if target is None:
         target = get_recipe(recipe).target if recipe else "executorch"
     get_entry(model)  # a bad name or size fails once, before any target is tried
+    if target != "all":
+        get_target(target)  # a bad target fails before the progress line starts
     size = None if input_size is None else parse_size(input_size)
     if size is not None:
         check_input_size(model, size)
