@@ -134,9 +134,13 @@ def test_tflite_one_head_attention_runs_in_one_xnnpack_partition(tmp_path, token
     recipe = get_recipe("tflite-fp32")
     plain = tflite.export(OneHeadAttention("tokens-last"), x, recipe).audit
     assert plain["xnnpack_partitions"] == 2 and plain["ops"]["FULLY_CONNECTED"] == 3
+    assert plain["ops_outside_xnnpack"] == {"FULLY_CONNECTED": 1}
+    failures = check_gates(plain, None, recipe.gates, recipe.name)
+    assert any("2 delegate partitions (max 1)" in f and "FULLY_CONNECTED" in f for f in failures), failures
     model = OneHeadAttention(get_target("tflite").layout)
     artifact = tflite.export(model, x, recipe)
     assert artifact.audit["xnnpack_partitions"] == 1 and artifact.audit["ops"]["FULLY_CONNECTED"] == 2
+    assert artifact.audit["ops_outside_xnnpack"] == {} and not check_gates(artifact.audit, None, recipe.gates, "")
     path = tmp_path / "attention.tflite"
     artifact.write(path)
     with torch.no_grad():

@@ -53,7 +53,8 @@ def describe_audit(audit: dict) -> str:
     if "all_builtin" in audit:
         parts.append("all builtin" if audit["all_builtin"] else f"non-builtin: {', '.join(audit['non_builtin_ops'])}")
     if audit.get("xnnpack_partitions") is not None:
-        parts.append(f"{audit['xnnpack_partitions']} XNNPACK partition(s)")
+        left = ", ".join(f"{op} x{n}" for op, n in (audit.get("ops_outside_xnnpack") or {}).items())
+        parts.append(f"{audit['xnnpack_partitions']} XNNPACK partition(s)" + (f" ({left} outside)" if left else ""))
     if "transposes" in audit:
         parts.append(f"{audit['transposes']} transposes")
     if "fp16_share" in audit:

@@ -137,9 +137,9 @@ def audit_tflite(data: bytes) -> dict[str, Any]:
     try:
         with native_stderr_silenced():
             delegated.allocate_tensors()  # delegation happens here
-        partitions, runtime_error = sum(op["op_name"] == "DELEGATE" for op in delegated._get_ops_details()), ""
+        (partitions, between), runtime_error = _partitions(delegated._get_ops_details()), ""
     except RuntimeError as e:  # e.g. a stablehlo scatter the runtime cannot prepare
-        partitions, runtime_error = None, str(e).strip().splitlines()[0][:200]
+        partitions, between, runtime_error = None, Counter(), str(e).strip().splitlines()[0][:200]
     non_builtin = sorted(name for name in ops if name.startswith(NON_BUILTIN_PREFIXES))
     io = {"input": plain.get_input_details()[0], "output": plain.get_output_details()[0]}
     int8_io = {
@@ -156,8 +156,23 @@ def audit_tflite(data: bytes) -> dict[str, Any]:
         "max_rank": rank,
         "max_rank_op": where,
         "xnnpack_partitions": partitions,
+        "ops_outside_xnnpack": dict(between),
         "runtime_error": runtime_error,
     }
+
+
+def _partitions(ops: list[dict[str, Any]]) -> tuple[int, Counter]:
+    """XNNPACK's partitions in a delegated interpreter's ops, and the ops it left to the interpreter that feed
+    one (those that split the graph, or an input's cast): the ops whose outputs a delegate reads and none writes."""
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    read = {t for op in delegates for t in op["inputs"]}
+    written = {t for op in delegates for t in op["outputs"]}
+    between = Counter(
+        op["op_name"]
+        for op in ops
+        if op["op_name"] != "DELEGATE" and any(t in read and t not in written for t in op["outputs"])
+    )
+    return len(delegates), between
 
 
 class TFLiteTarget(Target):
