@@ -137,9 +137,9 @@ def audit_tflite(data: bytes) -> dict[str, Any]:
     try:
         with native_stderr_silenced():
             delegated.allocate_tensors()  # delegation happens here
-        (partitions, between), runtime_error = _partitions(delegated._get_ops_details()), ""
+        (partitions, outside), runtime_error = _partitions(delegated._get_ops_details()), ""
     except RuntimeError as e:  # e.g. a stablehlo scatter the runtime cannot prepare
-        partitions, between, runtime_error = None, Counter(), str(e).strip().splitlines()[0][:200]
+        partitions, outside, runtime_error = None, Counter(), str(e).strip().splitlines()[0][:200]
     non_builtin = sorted(name for name in ops if name.startswith(NON_BUILTIN_PREFIXES))
     io = {"input": plain.get_input_details()[0], "output": plain.get_output_details()[0]}
     int8_io = {
@@ -156,7 +156,7 @@ def audit_tflite(data: bytes) -> dict[str, Any]:
         "max_rank": rank,
         "max_rank_op": where,
         "xnnpack_partitions": partitions,
-        "ops_outside_xnnpack": dict(between),
+        "ops_outside_xnnpack": dict(outside),
         "runtime_error": runtime_error,
     }
 
@@ -167,12 +167,12 @@ def _partitions(ops: list[dict[str, Any]]) -> tuple[int, Counter]:
     delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
     read = {t for op in delegates for t in op["inputs"]}
     written = {t for op in delegates for t in op["outputs"]}
-    between = Counter(
+    outside = Counter(
         op["op_name"]
         for op in ops
         if op["op_name"] != "DELEGATE" and any(t in read and t not in written for t in op["outputs"])
     )
-    return len(delegates), between
+    return len(delegates), outside
 
 
 class TFLiteTarget(Target):
