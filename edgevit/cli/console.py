@@ -43,18 +43,15 @@ def print_summary(result) -> None:
 def describe_audit(audit: dict) -> str:
     """One line of the audit figures that matter for the artifact's target."""
     parts = []
-    if "partitions" in audit:
-        part = f"{audit['partitions']} {audit['backend']} partition(s)"
+    if "ops" in audit:
+        parts.append(f"{sum(audit['ops'].values())} {audit['backend']} ops")
+    if audit.get("partitions") is not None:
+        part = f"{audit['partitions']} {audit.get('delegate', audit['backend'])} partition(s)"
         if "delegated_share" in audit:
             part += f", {audit['delegated_share'] * 100:.1f}% of ops delegated"
         parts.append(f"{part}, {sum(audit['ops_outside'].values())} ops outside")
-    else:
-        parts.append(f"{sum(audit['ops'].values())} {audit['backend']} ops")
     if "all_builtin" in audit:
         parts.append("all builtin" if audit["all_builtin"] else f"non-builtin: {', '.join(audit['non_builtin_ops'])}")
-    if audit.get("xnnpack_partitions") is not None:
-        left = ", ".join(f"{op} x{n}" for op, n in (audit.get("ops_outside_xnnpack") or {}).items())
-        parts.append(f"{audit['xnnpack_partitions']} XNNPACK partition(s)" + (f" ({left} outside)" if left else ""))
     if "transposes" in audit:
         parts.append(f"{audit['transposes']} transposes")
     if "fp16_share" in audit:

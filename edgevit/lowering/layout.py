@@ -65,8 +65,9 @@ class Layout:
         return F.pad(x, (0, 0) * (x.dim() - 1 - self.token_axis) + (1, 0))
 
 
-def _one_batch(x: torch.Tensor) -> bool:
-    return isinstance(x.shape[0], int) and x.shape[0] == 1  # a traced dynamic batch is not one
+def one_image(batch: int | torch.SymInt) -> bool:
+    """A batch of exactly one, as every export traces it; a traced dynamic batch (QAT's) is not one."""
+    return isinstance(batch, int) and batch == 1
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class TokensLast(Layout):
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Callable | None = None) -> torch.Tensor:
         """softmax(q k [+ bias]) v per head (the softmax scale is already in k), laid out as ``q``; ``bias``
         takes the logits, (B*heads, N, M) here, and ``q`` and returns them with its term added."""
-        if self.query_halves and _one_batch(q) and (bias is None or q.shape[1] % 2 == 0):
+        if self.query_halves and one_image(q.shape[0]) and (bias is None or q.shape[1] % 2 == 0):
             return self._attend_query_halves(q, k, v, bias)
         logits = torch.bmm(q, k)
         if bias is not None:

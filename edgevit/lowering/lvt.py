@@ -15,7 +15,7 @@ from torch import nn
 from ..models import lvt as train
 from . import register_lowering
 from .blocks import DeployPreNormBlock, multi_head_attention, require_classifier
-from .layout import Layout
+from .layout import Layout, one_image
 from .ops import PhaseFold, ShortRowSoftmax, TapLinear, fold_k3s2p1_nchw
 from .weights import class_block_weights, conv1x1_from, conv_copy, linear_from
 
@@ -74,7 +74,7 @@ class DeployCSA(nn.Module):
         B, H, W, C = x.shape
         h, w = H // 2, W // 2
         padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # B, 2(h+1), 2(w+1), C
-        if isinstance(B, int) and B == 1:
+        if one_image(B):
             grid = padded.reshape(h + 1, 2, w + 1, 2 * C)
             return [
                 grid[ki // 2 : ki // 2 + h, ki % 2 : ki % 2 + 1, kj // 2 : kj // 2 + w, kj % 2 * C : (kj % 2 + 1) * C]

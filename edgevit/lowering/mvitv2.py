@@ -24,7 +24,7 @@ from ..models import mmvit
 from ..models import mvitv2 as train
 from . import register_lowering
 from .blocks import require_classifier
-from .layout import Grid, Layout
+from .layout import Grid, Layout, one_image
 from .pooling import DeploySelfBlock
 from .weights import conv_copy, linear_from
 
@@ -90,12 +90,12 @@ class DeployRelPos(nn.Module):
         (q_h, q_w), (k_h, k_w) = self.q_grid, self.k_grid
         G, N, d = q.shape
         B, H = G // self.heads, self.heads
-        one_image = isinstance(B, int) and B == 1
+        single = one_image(B)
         if self.products:
             rows = q.reshape(G * q_h, q_w, 1, d)
-            r_h = self.r_h if one_image else self.r_h.repeat(B, 1, 1, 1)
+            r_h = self.r_h if single else self.r_h.repeat(B, 1, 1, 1)
             rel_h, rel_w = (rows * r_h).sum(dim=-1), (rows * self.r_w).sum(dim=-1)
-        elif one_image:
+        elif single:
             rel_h = torch.bmm(q.reshape(G * q_h, q_w, d), self.r_h)  # query rows: (G*q_h, q_w, k_h)
             columns = q.reshape(G, q_h, q_w, d).transpose(1, 2).reshape(G * q_w, q_h, d)
             rel_w = torch.bmm(columns, self.r_w).reshape(G, q_w, q_h, k_w).transpose(1, 2)

@@ -44,11 +44,11 @@ def op_counts(graph: torch.fx.Graph) -> Counter:
 def check_gates(audit: dict[str, Any], numerics: dict[str, float] | None, gates: Gates, recipe: str) -> list[str]:
     """Every gate the artifact misses, as one sentence each naming the op or figure at fault."""
     failures = []
-    parts = audit.get("partitions", audit.get("xnnpack_partitions"))  # ExecuTorch's delegates; LiteRT's XNNPACK
+    parts = audit.get("partitions")
     if gates.max_partitions is not None and parts is not None and parts > gates.max_partitions:
         failures.append(
             f"{parts} delegate partitions (max {gates.max_partitions}); ops between them: "
-            f"{_top(audit.get('ops_outside') or audit.get('ops_outside_xnnpack', {}))}"
+            f"{_top(audit.get('ops_outside', {}))}"
         )
     outside = audit.get("ops_outside", {})
     n_out = sum(outside.values())

@@ -122,7 +122,8 @@ def fp16_weights(data: bytes) -> bytes:
 
 
 def audit_tflite(data: bytes) -> dict[str, Any]:
-    """Ops by type with the default delegates off, builtin check, max rank, and XNNPACK's partitions."""
+    """Ops by type with the default delegates off, builtin check, max rank, XNNPACK's partitions and the ops left
+    outside them."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     plain = Interpreter(
@@ -155,8 +156,10 @@ def audit_tflite(data: bytes) -> dict[str, Any]:
         "non_builtin_ops": non_builtin,
         "max_rank": rank,
         "max_rank_op": where,
-        "xnnpack_partitions": partitions,
-        "ops_outside_xnnpack": dict(outside),
+        # the gates' shared figures: XNNPACK's partitions, and the ops LiteRT runs itself that feed them
+        "delegate": "XNNPACK",
+        "partitions": partitions,
+        "ops_outside": dict(sorted(outside.items())),
         "runtime_error": runtime_error,
     }
 
