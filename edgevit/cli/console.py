@@ -43,7 +43,7 @@ def print_summary(result) -> None:
 def describe_audit(audit: dict) -> str:
     """One line of the audit figures that matter for the artifact's target."""
     parts = []
-    if "ops" in audit:
+    if "ops" in audit and "delegated_share" not in audit:  # ExecuTorch's partition line gives its ops' share
         parts.append(f"{sum(audit['ops'].values())} {audit['backend']} ops")
     if audit.get("partitions") is not None:
         part = f"{audit['partitions']} {audit.get('delegate', audit['backend'])} partition(s)"
