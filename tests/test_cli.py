@@ -18,6 +18,7 @@ import torch
 from edgevit.cli import run
 from edgevit.data import load_images
 from edgevit.models import create_model, get_entry
+from edgevit.models.stats import cached_model_stats, stats_cache_path
 from edgevit.runtime import open_runner
 
 from .conftest import EDGEVIT, run_cli, run_cli_here
@@ -111,13 +112,35 @@ def test_malformed_command_lines_are_usage_errors(usage_error):
     assert "'--runs': " in usage_error("bench", "x.onnx", "--runs", "0")
 
 
-def test_models_json_lists_params_and_macs(cli):
+def test_models_json_lists_params_and_macs(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     status, listing, err = cli("models", "--json")
     assert status == 0, err
     rows = {r["name"]: r for r in json.loads(listing)}
     assert rows["lvt"]["params_m"] == pytest.approx(3.687, abs=0.004)
     assert rows["lvt_cls"]["params_m"] == pytest.approx(5.522, abs=0.006)
     assert 0.8 < rows["lvt"]["gmacs"] < 0.95 and rows["lvt"]["input_size"] == 224
+
+    # the second listing reads the figures from the cache the first one wrote, building no model
+    assert (tmp_path / "edgevit" / "model-stats.json").is_file()
+
+    def build_nothing(name):
+        raise AssertionError(f"{name} was measured again")
+
+    monkeypatch.setattr("edgevit.models.stats.model_stats", build_nothing)
+    assert cli("models", "--json") == (0, listing, "")
+
+
+def test_model_stats_cache_renews_when_the_code_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cache = stats_cache_path()
+    cache.parent.mkdir(parents=True)
+    stale = {"lvt": {"name": "lvt", "params_m": 99.0, "gmacs": 99.0, "input_size": 224, "description": ""}}
+    cache.write_text(json.dumps({"fingerprint": "older model code", "models": stale}))
+    measured = []
+    (row,) = cached_model_stats(["lvt"], on_measure=measured.append)
+    assert measured == ["lvt"] and row["params_m"] == pytest.approx(3.687, abs=0.004)
+    assert json.loads(cache.read_text())["models"]["lvt"] == row
 
 
 def test_help_explains_export(cli):

@@ -14,14 +14,27 @@ err = Console(stderr=True)
 
 @contextmanager
 def progress() -> Iterator[Callable[[str], None]]:
-    """A spinner, one description and the elapsed time on stderr, gone when done; yields the description setter."""
+    """A spinner, one description and the elapsed time on stderr, gone when done; yields the description setter.
+
+    The line starts with the first description, so work that turns out to need none prints nothing."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
-    ) as bar:
-        task = bar.add_task("start", total=None)
-        yield lambda description: bar.update(task, description=description)
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
+    task = None
+
+    def describe(description: str) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task(description, total=None)
+        else:
+            bar.update(task, description=description)
+
+    try:
+        yield describe
+    finally:
+        if task is not None:
+            bar.stop()
 
 
 def print_summary(result) -> None:

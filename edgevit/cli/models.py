@@ -8,17 +8,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .console import out
+from .console import out, progress
 
 
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List the models: parameters, MACs at the default input size, default input size."""
-    from ..models import list_models, size_text
-    from ..models.stats import model_stats
+    """List the models: parameters, MACs at the default input size, default input size.
 
-    rows = [model_stats(name) for name in list_models()]
+    The first run builds every model to count them (seconds); later runs read the figures from the user's
+    cache (~/.cache/edgevit), which a change of the model code or of torch renews."""
+    from ..models import list_models, size_text
+    from ..models.stats import cached_model_stats
+
+    with progress() as step:
+        rows = cached_model_stats(list_models(), lambda name: step(f"counting parameters and MACs: {name}"))
     if as_json:
         print(json.dumps(rows, indent=2))
         return

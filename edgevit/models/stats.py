@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..fileio import atomic_write_json
 from .registry import Size, create_model, get_entry, size_hw
 
 
@@ -26,3 +32,47 @@ def model_stats(model_name: str, size: Size | None = None) -> dict[str, Any]:
         "input_size": size if isinstance(size, int) else list(size_hw(size)),
         "description": entry.description,
     }
+
+
+def cached_model_stats(names: list[str], on_measure: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """:func:`model_stats` of each model at its default size, kept in the user's cache between runs: building
+    and counting every model takes seconds, and the figures change only with the model code or torch.
+
+    ``on_measure`` is called with each model's name before it is measured (not for cached ones)."""
+    path = stats_cache_path()
+    key = _code_fingerprint()
+    cache = _read_cache(path, key)
+    rows = []
+    for name in names:
+        if name not in cache:
+            if on_measure:
+                on_measure(name)
+            cache[name] = model_stats(name)
+        rows.append({**cache[name], "description": get_entry(name).description})
+    try:  # a cache that cannot be written costs only time on the next run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"fingerprint": key, "models": cache})
+    except OSError:
+        pass
+    return rows
+
+
+def stats_cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "edgevit" / "model-stats.json"
+
+
+def _read_cache(path: Path, key: str) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get("models", {}) if isinstance(data, dict) and data.get("fingerprint") == key else {}
+
+
+def _code_fingerprint() -> str:
+    """What the figures depend on: the model definitions (this package's sources) and torch's version."""
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()
