@@ -12,7 +12,14 @@ from pathlib import Path
 from .errors import EdgevitError
 
 
-def check_writable_dir(folder: Path) -> None:
+def check_output_file(path: Path, flag: str) -> None:
+    """Fail early, creating nothing, if the file the option ``flag`` names cannot be written."""
+    if path.is_dir():
+        raise EdgevitError(f"{flag} {path} is a directory; pass a file path")
+    check_writable_dir(path.parent if str(path.parent) else Path("."), flag)
+
+
+def check_writable_dir(folder: Path, flag: str = "--output-dir") -> None:
     """Fail early, creating nothing, if ``folder`` cannot be created or written."""
     existing = folder
     while not existing.exists():
@@ -20,11 +27,9 @@ def check_writable_dir(folder: Path) -> None:
             break
         existing = existing.parent
     if not existing.is_dir():
-        raise EdgevitError(
-            f"cannot create output directory {folder} ({existing} is a file); choose another --output-dir"
-        )
+        raise EdgevitError(f"cannot create output directory {folder} ({existing} is a file); choose another {flag}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise EdgevitError(f"output directory {existing} is not writable; choose another --output-dir")
+        raise EdgevitError(f"output directory {existing} is not writable; choose another {flag}")
 
 
 def make_dir(folder: Path) -> None:

@@ -13,6 +13,8 @@ from .errors import EdgevitError
 from .export import manifest_input_size, verify_numerics
 from .fileio import path_sha256
 from .models import create_model, get_entry
+from .recipe import recipe_gates
+from .targets.audit import check_gates
 from .targets.registry import target_for_path
 
 
@@ -31,21 +33,49 @@ def read_manifest(artifact: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgevitError(
             f"manifest {path} is not valid JSON ({e.__class__.__name__}); re-export the artifact"
         ) from None
+    if not isinstance(manifest, dict):
+        raise _not_a_manifest(path, "not a mapping")
+    return manifest
+
+
+def read_full_manifest(artifact: Path) -> dict[str, Any] | None:
+    """:func:`read_manifest`, checked to hold every section an export writes (verify and inspect read them all)."""
+    manifest = read_manifest(artifact)
+    missing = [key for key in _MANIFEST_KEYS if key not in manifest] if manifest is not None else []
+    if missing:
+        raise _not_a_manifest(manifest_path_for(artifact), f"no {', '.join(missing)}")
+    return manifest
+
+
+_MANIFEST_KEYS = ["model", "weights", "input", "recipe", "artifact", "audit", "numerics"]
+
+
+def _not_a_manifest(path: Path, why: str) -> EdgevitError:
+    return EdgevitError(f"{path} is not an edgevit manifest ({why}); re-export the artifact or remove the file")
+
+
+def manifest_matches(artifact: Path, manifest: dict[str, Any]) -> bool:
+    """Whether ``artifact`` is the file its manifest describes (same sha256)."""
+    return manifest["artifact"].get("sha256") == path_sha256(artifact)
 
 
 def inspect_artifact(artifact: str | Path) -> dict[str, Any]:
     """The manifest's audit, or what can be computed from a bare file."""
     artifact = Path(artifact)
     _check_artifact(artifact)
-    manifest = read_manifest(artifact)
-    if manifest is not None:
+    manifest = read_full_manifest(artifact)
+    if manifest is not None and manifest_matches(artifact, manifest):
         return {"artifact": str(artifact), "source": "manifest", **manifest}
-    return {"artifact": str(artifact), "source": "file", "audit": audit_file(artifact)}
+    info = {"artifact": str(artifact), "source": "file", "audit": audit_file(artifact)}
+    if manifest is not None:  # the file changed after export: its manifest describes other bytes
+        name = manifest_path_for(artifact).name
+        info["note"] = f"{name} describes another file (sha256 differs); audit read from the file"
+    return info
 
 
 def audit_file(artifact: Path) -> dict[str, Any]:
@@ -62,17 +92,26 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
     """Re-run numerics against PyTorch fp32, rebuilding the reference model from the manifest."""
     artifact = Path(artifact)
     _check_artifact(artifact)
-    manifest = read_manifest(artifact)
+    manifest = read_full_manifest(artifact)
     if manifest is None:
         raise EdgevitError(
             f"no manifest beside {artifact} ({manifest_path_for(artifact).name}); verify needs it to rebuild "
             "the PyTorch reference"
         )
-    if manifest["artifact"]["sha256"] != path_sha256(artifact):
+    if not manifest_matches(artifact, manifest):
         raise EdgevitError(f"{artifact} does not match the sha256 in its manifest; it changed after export")
+    if (manifest.get("quantization") or {}).get("qat"):
+        raise EdgevitError(
+            f"{artifact} was made by `edgevit qat`: its reference is the fake-quantized model of that training run, "
+            "which verify cannot rebuild; its numerics at export are in the manifest (`edgevit inspect`)"
+        )
     model_name = manifest["model"]
     weights = manifest["weights"]
     checkpoint = weights.get("checkpoint")
+    if checkpoint and not Path(checkpoint).is_file():
+        raise EdgevitError(
+            f"checkpoint {checkpoint} (from the manifest) not found; run verify from the export's directory"
+        )
     if checkpoint and path_sha256(Path(checkpoint)) != weights["sha256"]:
         raise EdgevitError(f"checkpoint {checkpoint} changed since export (sha256 differs); re-export the artifact")
     torch.manual_seed(int(weights.get("seed", 0)))
@@ -83,4 +122,9 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
         reference = model(photos).numpy()
     numerics = verify_numerics(artifact, reference, photos.numpy(), get_entry(model_name).input_spec)
     numerics["images"] = [p.name for p in image_paths(images)[:num_images]]
-    return {"artifact": str(artifact), "model": model_name, "numerics": numerics}
+    result = {"artifact": str(artifact), "model": model_name, "numerics": numerics}
+    if "skipped" not in numerics:
+        recipe = manifest["recipe"]
+        failures = check_gates({}, numerics, recipe_gates(recipe.get("gates", {})), recipe.get("name", "?"))
+        result["gates"] = {"passed": not failures, "failures": failures}
+    return result

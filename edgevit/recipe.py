@@ -139,3 +139,8 @@ def default_recipe(target: str) -> Recipe:
 
 def default_recipe_names() -> set[str]:
     return {t.default_recipe for t in list_targets()}
+
+
+def recipe_gates(raw: dict[str, Any]) -> Gates:
+    """The gates of a recipe as a manifest records them (``Recipe.to_dict()['gates']``)."""
+    return _parse_gates(raw, "in the manifest")

@@ -35,6 +35,9 @@ def test_trimmed_mean_ignores_outliers_that_move_the_mean():
     samples = [10.0] * 18 + [1000.0, 0.1]
     s = summarize(samples)
     assert s["trimmed_mean"] == 10.0 and s["mean"] > 50
+    # a tenth of 10 and of 50 runs is 1 and 5 runs, though (1 - 0.8) / 2 is not exactly 0.1 in floating point
+    assert summarize([1.0] * 9 + [100.0])["trimmed_mean"] == 1.0
+    assert summarize([1.0] * 45 + [100.0] * 5)["trimmed_mean"] == 1.0
 
 
 def test_executor_runner_log():

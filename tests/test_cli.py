@@ -89,6 +89,11 @@ def test_bad_input_gets_one_line_errors(tmp_path, user_error):
     assert "cannot be loaded as tensors only" in user_error(
         "export", "lvt", "--checkpoint", str(corrupt), "--output-dir", out
     )
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    not_a_checkpoint = user_error("export", "lvt", "--checkpoint", str(text), "--output-dir", out)
+    assert "(not a PyTorch checkpoint file)" in not_a_checkpoint
+    assert "--json " + str(tmp_path) + " is a directory" in user_error("bench", str(corrupt), "--json", str(tmp_path))
     wrong = tmp_path / "cls.pth"
     torch.save(create_model("lvt_cls").state_dict(), wrong)
     assert "unexpected (aux_head.bias" in user_error("export", "lvt", "--checkpoint", str(wrong), "--output-dir", out)

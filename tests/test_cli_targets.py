@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import onnx
 import pytest
 
 from edgevit.cli import run
@@ -96,6 +97,50 @@ def test_a_changed_artifact_fails_verify(out_dir, tmp_path, user_error):
     with tampered.open("ab") as f:
         f.write(b"\x00")
     assert "does not match the sha256" in user_error("verify", str(tampered))
+
+
+def _copy_onnx(out_dir, folder, edit_manifest=None):
+    """The exported lvt_test .onnx and its manifest in ``folder``, the manifest passed through ``edit_manifest``."""
+    artifact = folder / "lvt_test-onnx-fp32.onnx"
+    shutil.copy(out_dir / artifact.name, artifact)
+    manifest = json.loads((out_dir / "lvt_test-onnx-fp32.manifest.json").read_text())
+    edited = edit_manifest(manifest) if edit_manifest else manifest
+    (folder / "lvt_test-onnx-fp32.manifest.json").write_text(json.dumps(edited))
+    return artifact
+
+
+def test_verify_exits_3_when_the_numerics_miss_the_recipe_gates(out_dir, tmp_path, user_error):
+    def other_weights(manifest):  # the reference rebuilt with another seed: another model than the artifact's
+        manifest["weights"]["seed"] = 1
+        return manifest
+
+    artifact = _copy_onnx(out_dir, tmp_path, other_weights)
+    assert "recipe onnx-fp32: max abs diff" in user_error("verify", str(artifact), "--num-images", "2", code=3)
+
+
+def test_inspect_reads_a_changed_file_not_its_manifest(out_dir, tmp_path):
+    artifact = _copy_onnx(out_dir, tmp_path)
+    model = onnx.load(str(artifact))
+    model.doc_string = "edited after export"  # still a valid model, but not the bytes the manifest describes
+    onnx.save(model, str(artifact))
+    proc = run_cli_here("inspect", str(artifact), "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["source"] == "file" and "sha256 differs" in info["note"]
+
+
+def test_manifests_that_verify_cannot_use_get_one_line_errors(out_dir, tmp_path, user_error):
+    artifact = _copy_onnx(out_dir, tmp_path, lambda manifest: [1, 2])
+    assert "is not an edgevit manifest (not a mapping)" in user_error("inspect", str(artifact))
+    artifact = _copy_onnx(out_dir, tmp_path, lambda manifest: {})
+    assert "is not an edgevit manifest (no model, weights" in user_error("verify", str(artifact))
+
+    def made_by_qat(manifest):
+        manifest["quantization"] = {"qat": {"checkpoint": "run.qat.pt"}}
+        return manifest
+
+    artifact = _copy_onnx(out_dir, tmp_path, made_by_qat)
+    assert "was made by `edgevit qat`" in user_error("verify", str(artifact))
 
 
 def test_bad_export_options_get_one_line_errors(tmp_path, user_error):

@@ -18,7 +18,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 def trimmed_mean(sorted_ms: list[float], keep: float = 0.8) -> float:
     """Mean of the middle ``keep`` share (Minibench's trimmed mean drops the top and bottom 10%)."""
     n = len(sorted_ms)
-    cut = int(n * (1 - keep) / 2)
+    cut = int(n * (1 - keep) / 2 + 1e-9)  # 10 * (1 - 0.8) / 2 is 0.9999999999999998 in floating point
     middle = sorted_ms[cut : n - cut] or sorted_ms
     return statistics.fmean(middle) if middle else math.nan
 

@@ -9,28 +9,37 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..errors import GateError
 from .console import describe_audit, describe_numerics, out
 
 
 def verify(
-    artifact: Annotated[Path, typer.Argument(help="A .pte, .onnx or .mlpackage written by `edgevit export`.")],
+    artifact: Annotated[Path, typer.Argument(help="A .pte, .tflite, .onnx or .mlpackage written by `edgevit export`.")],
     images: Annotated[
         Path | None, typer.Option(help="Folder of JPEG/PNG photos; default: scikit-image's photos.")
     ] = None,
     num_images: Annotated[int, typer.Option(min=1, help="How many photos to compare on.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Re-run an artifact on its host runtime against PyTorch fp32 (model and weights from its manifest)."""
+    """Re-run an artifact on its host runtime against PyTorch fp32 (model and weights from its manifest).
+
+    Exits 3 if the numerics miss its recipe's gates, as `edgevit export` does."""
     from ..inspection import verify_artifact
 
     result = verify_artifact(artifact, images, num_images)
     num = result["numerics"]
     if as_json:
         print(json.dumps(result, indent=2))
-        return
-    if "skipped" in num:
+    elif "skipped" in num:
         out.print(f"{artifact}: {num['skipped']}", highlight=False, soft_wrap=True)
-        return
+    else:
+        _print_numerics(artifact, num)
+    failures = result.get("gates", {}).get("failures")
+    if failures:
+        raise GateError("; ".join(failures))
+
+
+def _print_numerics(artifact: Path, num: dict) -> None:
     table = Table("artifact", "runtime", "photos", "max abs diff", "SQNR dB", "cosine (min)", "top-1 agree")
     table.add_row(
         artifact.name,
@@ -45,7 +54,9 @@ def verify(
 
 
 def inspect(
-    artifact: Annotated[Path, typer.Argument(help="A .pte, .onnx or .mlpackage (with or without a manifest).")],
+    artifact: Annotated[
+        Path, typer.Argument(help="A .pte, .tflite, .onnx or .mlpackage (with or without a manifest).")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a summary.")] = False,
 ) -> None:
     """Show an artifact's audit: from its manifest, or computed from the bare file."""
@@ -57,6 +68,8 @@ def inspect(
         return
     audit = info["audit"]
     out.print(f"[bold]{artifact}[/] (audit from the {info['source']})", highlight=False)
+    if "note" in info:
+        out.print(f"  [yellow]{info['note']}[/]", highlight=False, soft_wrap=True)
     out.print(f"  {describe_audit(audit)}", highlight=False)
     if info["source"] == "manifest":
         entry = info["input"]

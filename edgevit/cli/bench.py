@@ -61,15 +61,15 @@ def bench(
     from ..bench.report import compare_table, hardware_notes, op_profile_table, plot, results_table, state_notes
     from ..bench.run import bench as run_bench
     from ..bench.run import check_artifacts
-    from ..fileio import check_writable_dir
+    from ..fileio import check_output_file
 
     profile = get_profile(device)
     settings = Settings(threads or profile.threads or 2, warmup, runs, min_seconds, rounds)
+    for target, flag in ((json_file, "--json"), (plot_file, "--plot")):
+        if target is not None:
+            check_output_file(target, flag)
     check_artifacts(artifacts)
     old = read_records(compare) if compare else None  # a bad file fails before minutes of timing
-    for target in (json_file, plot_file):
-        if target is not None:
-            check_writable_dir(target.parent if str(target.parent) else Path("."))
     with progress() as show:
         records = run_bench(artifacts, profile, settings, show, op_profiling=op_profiling)
     out.print(results_table(records))
@@ -103,7 +103,7 @@ def bench(
 
 
 devices_app = typer.Typer(
-    help="Device profiles: list and validate them, or probe a connected Android phone.",
+    help="Device profiles: list them (each one validated as it is read), or probe a connected Android phone.",
     invoke_without_command=True,
     no_args_is_help=False,
 )

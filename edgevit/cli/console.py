@@ -19,6 +19,9 @@ def progress() -> Iterator[Callable[[str], None]]:
     The line starts with the first description, so work that turns out to need none prints nothing."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    if not err.is_terminal:  # a log gets no spinner, and no blank line where one stood
+        yield lambda description: None
+        return
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
     task = None
 

@@ -36,7 +36,7 @@ def models(
 def recipes(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List the built-in recipes (target, precision, gates)."""
+    """List the built-in recipes (target, precision, default); --json adds their options and gates."""
     from ..recipe import builtin_recipes, default_recipe_names
 
     items = builtin_recipes()

@@ -61,7 +61,8 @@ def recipe_entry(recipe: Recipe) -> dict[str, Any]:
 
 def weights_entry(checkpoint: str | Path | None, seed: int) -> dict[str, Any]:
     if checkpoint:
-        return {"checkpoint": str(checkpoint), "sha256": path_sha256(Path(checkpoint))}
+        # absolute, so that verify finds it from any directory
+        return {"checkpoint": str(Path(checkpoint).resolve()), "sha256": path_sha256(Path(checkpoint))}
     return {"checkpoint": None, "seed": seed, "note": f"random init (seed {seed}): pass --checkpoint for real weights"}
 
 

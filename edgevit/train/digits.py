@@ -18,6 +18,8 @@ def write_digits(out: str | Path, size: int = 64, val_fraction: float = 0.2, see
     from sklearn.model_selection import train_test_split
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EdgevitError(f"{out} is a file; pass a new folder")
     if out.exists() and any(out.iterdir()):
         raise EdgevitError(f"{out} is not empty; pass a new folder")
     if not 0 < val_fraction < 1:
