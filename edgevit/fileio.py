@@ -32,6 +32,22 @@ def check_writable_dir(folder: Path, flag: str = "--output-dir") -> None:
         raise EdgevitError(f"output directory {existing} is not writable; choose another {flag}")
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first: what ``make_dir`` would create."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each folder that exists and is empty, in order (deepest first)."""
+    for folder in folders:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
 def make_dir(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

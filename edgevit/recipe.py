@@ -79,6 +79,9 @@ def _parse_gates(raw: Any, src: str) -> Gates:
     return Gates(**values)
 
 
+_COMMON_OPTIONS = frozenset({"quantization", "lowering"})
+
+
 def parse_recipe(raw: Any, src: str) -> Recipe:
     """Validate a recipe mapping; errors name the field and what it should be."""
     if not isinstance(raw, dict):
@@ -98,6 +101,12 @@ def parse_recipe(raw: Any, src: str) -> Recipe:
     options = raw.get("options") or {}
     if not isinstance(options, dict):
         raise _fail(src, "field 'options' must be a mapping")
+    known = _COMMON_OPTIONS | get_target(raw["target"]).recipe_options
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise _fail(
+            src, f"unknown option '{unknown[0]}' for target {raw['target']}; known options: {', '.join(sorted(known))}"
+        )
     return Recipe(
         name=raw["name"],
         target=raw["target"],

@@ -29,7 +29,11 @@ def test_digits_are_real_scans_with_a_balanced_split(digits):
 
 def test_bad_data_folders_are_one_line_errors(tmp_path, small):
     missing = run_cli_here("qat", "lvt", "--data", str(tmp_path / "nope"), "--target", "executorch")
-    assert missing.returncode == 2 and "data folder not found" in missing.stderr
+    assert missing.returncode == 2 and "--data folder not found" in missing.stderr
+    no_val = run_cli_here(
+        "qat", "lvt", "--data", str(small / "train"), "--val", str(tmp_path / "nope"), "--target", "executorch"
+    )
+    assert no_val.returncode == 2 and "--val folder not found" in no_val.stderr
     one = tmp_path / "one"
     shutil.copytree(small / "train" / "0", one / "0")
     single = run_cli_here("qat", "lvt", "--data", str(one), "--target", "executorch")

@@ -34,6 +34,7 @@ def test_user_recipe_file(tmp_path):
         ),
         ("name: x\ntarget: executorch\nprecision: fp32\ngates: {speed: 1}\n", "unknown gate 'speed'"),
         ("name: x\ntarget: executorch\nprecision: fp32\ncolour: red\n", "unknown field 'colour'"),
+        ("name: x\ntarget: onnx\nprecision: fp32\noptions: {bogus: 3}\n", "unknown option 'bogus' for target onnx"),
         ("name: [unclosed\n", "not valid YAML at line"),
         ("- just\n- a list\n", "must be a YAML mapping"),
     ],

@@ -29,7 +29,7 @@ def bench(
     artifacts: Annotated[list[Path], typer.Argument(help=".pte, .tflite, .onnx or .mlpackage files.")],
     device: Annotated[str, typer.Option(help="Device profile name or YAML (see `edgevit devices`).")] = "host",
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Threads per runtime; default: the profile's, else 2.")
+        int | None, typer.Option(min=1, max=256, help="Threads per runtime; default: the profile's, else 2.")
     ] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Discarded runs before timing (XNNPACK packs weights).")] = 10,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs, at least.")] = 50,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..fileio import remove_path
+from ..fileio import missing_folders, remove_empty, remove_path
 from ..quant.flow import QuantizeRequest
 from ..targets.provenance import shared_provenance
 from .manifest import manifest_input_size
@@ -30,6 +30,7 @@ def export(request: ExportRequest, on_step: Step | None = None, source: ModelSou
     nothing is written, unless ``request.allow_gate_failures``).
     """
     job = plan(request, source or ModelSource(), on_step or (lambda _: None))
+    new_folders = missing_folders(job.artifact.parent)
     try:
         with shared_provenance():  # quantizing retraces as much as converting does (targets/provenance.py)
             for name, step in PIPELINE:
@@ -38,6 +39,7 @@ def export(request: ExportRequest, on_step: Step | None = None, source: ModelSou
                 job.phase_seconds[name] = time.perf_counter() - start
     finally:
         remove_path(job.candidate)
+        remove_empty(new_folders)  # a failed export leaves no folder it made
     return ExportResult(job.artifact, job.manifest_path, job.manifest)
 
 

@@ -84,6 +84,8 @@ class ModelSource:
         """Fail before any work on what this source needs: a bad calibration folder, not minutes later."""
         if quant_options(job.recipe):
             checked_calibration_paths(job.request.quantize.calib_images, job.request.quantize.calib_count)
+        elif job.request.quantize.keep_float:
+            raise EdgevitError(f"--keep-float is for int8 recipes; {job.recipe.name} keeps every layer float already")
 
     def build(self, job: Job) -> nn.Module:
         return create_model(job.request.model, job.request.checkpoint, input_size=job.size).eval()

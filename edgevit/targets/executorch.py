@@ -271,6 +271,10 @@ class ExecuTorchTarget(Target):
     description = "ExecuTorch program (.pte), XNNPACK delegate (or Core ML's inside the .pte)"
     order = 0
     layout = "tokens-last"
+    # the Core ML partitioner's settings too (executorch-coreml-fp16)
+    recipe_options = frozenset(
+        {"partitioners", "program_dtype", "compute_precision", "compute_units", "deployment_target"}
+    )
     default_recipe = "executorch-xnnpack-fp32"
     int8_recipe = "executorch-xnnpack-int8"
     runtime = "executorch"

@@ -58,19 +58,31 @@ def audit_onnx(data: bytes) -> dict[str, Any]:
     }
 
 
+def _opset(recipe: Recipe) -> int:
+    """The recipe's opset, within what torch's exporter writes as asked (below 18 it writes 18 anyway)."""
+    from torch.onnx._constants import ONNX_MAX_OPSET
+
+    opset = recipe.options.get("opset", DEFAULT_OPSET)
+    if isinstance(opset, bool) or not isinstance(opset, int) or not DEFAULT_OPSET <= opset <= ONNX_MAX_OPSET:
+        choose = f"choose an integer from {DEFAULT_OPSET} to {ONNX_MAX_OPSET}"
+        raise EdgevitError(f"recipe {recipe.name}: options.opset is {opset!r}; {choose}")
+    return opset
+
+
 class OnnxTarget(Target):
     name = "onnx"
     suffix = ".onnx"
     description = "ONNX (.onnx) for onnxruntime: the desktop reference"
     order = 3
     layout = "tokens-last-layernorm"  # onnxruntime has a LayerNorm op of its own
+    recipe_options = frozenset({"opset"})
     default_recipe = "onnx-fp32"
     runtime = "onnxruntime"
     host_runner = "edgevit.runtime.onnx:OnnxRunner"
 
     def export(self, model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
         """fp32 ONNX; an int8 recipe's QDQ quantization runs on these bytes afterwards (quantize_exported)."""
-        data = export_bytes(model, example, int(recipe.options.get("opset", DEFAULT_OPSET)))
+        data = export_bytes(model, example, _opset(recipe))
         return ExportedArtifact.from_bytes(data, audit_onnx(data))
 
     def audit_file(self, path: Path) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class Target:
     # the artifact can take an RGB image with the normalisation inside, and name its classes (--image-input,
     # --labels: Core ML's ImageType and classifier outputs); other targets take the normalised tensor
     app_image_io: ClassVar[bool] = False
+    # the keys a recipe's ``options`` may hold for this target, beside ``quantization`` and ``lowering``
+    recipe_options: ClassVar[frozenset[str]] = frozenset()
 
     def export(self, model: nn.Module, example: torch.Tensor, recipe: Recipe) -> ExportedArtifact:
         raise NotImplementedError

@@ -184,6 +184,7 @@ class TFLiteTarget(Target):
     description = "LiteRT flatbuffer (.tflite), all builtin ops, XNNPACK or GPU delegate on Android"
     order = 2
     layout = "tokens-last-litert"  # tokens last, one-batch attention products as two (see the layout)
+    recipe_options = frozenset({"input_layout", "input_dtype", "mean", "std"})
     default_recipe = "tflite-fp32"
     int8_recipe = "tflite-int8"
     runtime = "litert"

@@ -21,11 +21,12 @@ class LabelledImages:
     labels: torch.Tensor  # (N,) class indices
 
 
-def class_folders(root: str | Path) -> dict[str, list[Path]]:
-    """Class name -> its image paths; a one-line error for a folder a user would get wrong."""
+def class_folders(root: str | Path, option: str = "--data") -> dict[str, list[Path]]:
+    """Class name -> its image paths; a one-line error for a folder a user would get wrong (``option`` names
+    the command-line option that gave it)."""
     root = Path(root)
     if not root.is_dir():
-        raise EdgevitError(f"data folder not found: {root}; pass a folder with one subfolder of images per class")
+        raise EdgevitError(f"{option} folder not found: {root}; pass a folder with one subfolder of images per class")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(folders) < 2:
         raise EdgevitError(
@@ -48,10 +49,11 @@ def load_labelled(
     size: Size,
     classes: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    option: str = "--data",
 ) -> LabelledImages:
     """Every image of ``root`` with its class index. ``classes`` (a training set's) fixes the order and must
     match the folder's class names, so a validation folder cannot silently renumber the labels."""
-    found = class_folders(root)
+    found = class_folders(root, option)
     if classes is not None and sorted(found) != sorted(classes):
         raise EdgevitError(f"{root} has classes {sorted(found)}, the training data has {sorted(classes)}; use the same")
     order = classes or list(found)

@@ -239,7 +239,7 @@ def qat_export(
         on_step(f"load images {done}/{total}")
 
     train = load_labelled(data, entry.input_spec, size, progress=loading)
-    held_out = load_labelled(val, entry.input_spec, size, train.classes, loading) if val else None
+    held_out = load_labelled(val, entry.input_spec, size, train.classes, loading, "--val") if val else None
     torch.manual_seed(seed)
     model = create_model(model_name, init, input_size=size, num_classes=len(train.classes)).eval()
     on_step("prepare QAT")
