@@ -88,6 +88,16 @@ def audit_file(artifact: Path) -> dict[str, Any]:
         raise EdgevitError(f"{artifact} cannot be read as {artifact.suffix} ({str(e).splitlines()[0][:120]})") from None
 
 
+def _reference_model(manifest: dict[str, Any], checkpoint: str | None, size) -> torch.nn.Module:
+    """What the artifact was checked against at export: the training form with the manifest's weights, or for
+    an artifact of ``edgevit qat`` the fake-quantized model that training left."""
+    if (manifest.get("quantization") or {}).get("qat"):
+        from .train.qat import rebuild_trained
+
+        return rebuild_trained(manifest)
+    return create_model(manifest["model"], checkpoint, input_size=size).eval()
+
+
 def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_images: int = 8) -> dict[str, Any]:
     """Re-run numerics against PyTorch fp32, rebuilding the reference model from the manifest."""
     artifact = Path(artifact)
@@ -100,11 +110,6 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
         )
     if not manifest_matches(artifact, manifest):
         raise EdgevitError(f"{artifact} does not match the sha256 in its manifest; it changed after export")
-    if (manifest.get("quantization") or {}).get("qat"):
-        raise EdgevitError(
-            f"{artifact} was made by `edgevit qat`: its reference is the fake-quantized model of that training run, "
-            "which verify cannot rebuild; its numerics at export are in the manifest (`edgevit inspect`)"
-        )
     model_name = manifest["model"]
     weights = manifest["weights"]
     checkpoint = weights.get("checkpoint")
@@ -116,7 +121,7 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
         raise EdgevitError(f"checkpoint {checkpoint} changed since export (sha256 differs); re-export the artifact")
     torch.manual_seed(int(weights.get("seed", 0)))
     size = manifest_input_size(manifest["input"])
-    model = create_model(model_name, checkpoint, input_size=size).eval()
+    model = _reference_model(manifest, checkpoint, size)
     photos = load_images(images, get_entry(model_name).input_spec, size, limit=num_images)
     with torch.no_grad():
         reference = model(photos).numpy()

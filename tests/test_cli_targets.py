@@ -135,13 +135,6 @@ def test_manifests_that_verify_cannot_use_get_one_line_errors(out_dir, tmp_path,
     artifact = _copy_onnx(out_dir, tmp_path, lambda manifest: {})
     assert "is not an edgevit manifest (no model, weights" in user_error("verify", str(artifact))
 
-    def made_by_qat(manifest):
-        manifest["quantization"] = {"qat": {"checkpoint": "run.qat.pt"}}
-        return manifest
-
-    artifact = _copy_onnx(out_dir, tmp_path, made_by_qat)
-    assert "was made by `edgevit qat`" in user_error("verify", str(artifact))
-
 
 def test_bad_export_options_get_one_line_errors(tmp_path, user_error):
     assert "builds for target 'coreml'" in user_error(

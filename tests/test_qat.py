@@ -82,6 +82,10 @@ def test_qat_checkpoints_survives_ctrl_c_resumes_and_exports(tmp_path, small):
     assert manifest["numerics"]["sqnr_db"] >= 20 and manifest["gates"]["passed"]
     assert manifest["output"]["shape"] == [1, 3] and manifest["labels"] == ["0", "1", "2"]
     assert 0.0 <= qat["val_accuracy_artifact"] <= 1.0
+    # verify rebuilds the QAT-trained reference from the manifest and the checkpoint, and finds the same numerics
+    verified = run_cli_here("verify", str(tmp_path / "lvt_test-executorch-xnnpack-int8.pte"), "--json")
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["numerics"]["sqnr_db"] == pytest.approx(manifest["numerics"]["sqnr_db"], abs=0.1)
     # without --force an existing artifact stops the run before any training
     again = run_cli_here(*args, "--epochs", str(done + 2))
     assert again.returncode == 2 and "--force" in again.stderr and f"epoch {done + 2}" not in again.stderr

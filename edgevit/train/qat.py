@@ -163,6 +163,36 @@ def train_qat(
     return history
 
 
+def rebuild_trained(manifest: dict[str, Any]) -> fx.GraphModule:
+    """The fake-quantized model a QAT artifact reproduces, rebuilt from its manifest and QAT checkpoint: the
+    reference ``edgevit verify`` runs (the same graph as training's, with the checkpoint's weights and ranges)."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    from ..export import manifest_input_size
+    from ..lowering import lower
+    from ..models import create_model, get_entry
+    from ..quant.pt2e import quant_options
+    from ..recipe import parse_recipe
+
+    quantization, recipe = manifest["quantization"], parse_recipe(manifest["recipe"], "in the manifest")
+    qat, checkpoint = quantization["qat"], Path(manifest["weights"]["checkpoint"])
+    size = manifest_input_size(manifest["input"])
+    model = create_model(manifest["model"], qat["init"], input_size=size, num_classes=len(qat["classes"])).eval()
+    deploy = lower(model, recipe.options.get("lowering", recipe.target))
+    example = torch.zeros(2, *get_entry(manifest["model"]).input_spec.shape(size)[1:])
+    options = quant_options(recipe)
+    prepared = prepare_qat(deploy, example, recipe.target, options, tuple(quantization["keep_float"]))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if state.get("run", {}).get("graph") != graph_fingerprint(prepared):
+        raise EdgevitError(
+            f"{checkpoint} was trained on another graph of {manifest['model']} (an earlier edgevit's deploy form); "
+            "verify it with that version"
+        )
+    prepared.load_state_dict(state["model_state"])
+    move_exported_model_to_eval(prepared)
+    return prepared
+
+
 def float_twin(prepared: fx.GraphModule) -> fx.GraphModule:
     """The trained graph without its fake-quantize nodes: the fp32 model of the same weights, which exports
     like any float graph (for the fp32 size and latency comparison)."""
@@ -274,7 +304,7 @@ def qat_export(
             "lr": lr,
             "history": history,
             "checkpoint": str(checkpoint),
-            "init": str(init) if init else None,
+            "init": str(Path(init).resolve()) if init else None,  # absolute: verify rebuilds from it
         },
     }
     request = ExportRequest(
