@@ -99,7 +99,8 @@ def _reference_model(manifest: dict[str, Any], checkpoint: str | None, size) -> 
 
 
 def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_images: int = 8) -> dict[str, Any]:
-    """Re-run numerics against PyTorch fp32, rebuilding the reference model from the manifest."""
+    """Re-run numerics against the PyTorch reference of the export (rebuilt from the manifest), and check them
+    against the recipe's gates."""
     artifact = Path(artifact)
     _check_artifact(artifact)
     manifest = read_full_manifest(artifact)
@@ -115,7 +116,8 @@ def verify_artifact(artifact: str | Path, images: str | Path | None = None, num_
     checkpoint = weights.get("checkpoint")
     if checkpoint and not Path(checkpoint).is_file():
         raise EdgevitError(
-            f"checkpoint {checkpoint} (from the manifest) not found; run verify from the export's directory"
+            f"checkpoint {checkpoint} (from the manifest) not found: moved or deleted since export, or a relative "
+            "path from another directory; re-export the artifact"
         )
     if checkpoint and path_sha256(Path(checkpoint)) != weights["sha256"]:
         raise EdgevitError(f"checkpoint {checkpoint} changed since export (sha256 differs); re-export the artifact")

@@ -264,7 +264,19 @@ class CoreMLTarget(Target):
     runtime = "coreml"
     host_runner = "edgevit.runtime.coreml:CoreMLRunner"
     app_image_io = True
-    recipe_options = frozenset({"compute_precision", "compute_units", "deployment_target", "compression"})
+    # and the app I/O an export adds (--labels, --image-input: the class names and the normalisation inside)
+    recipe_options = frozenset(
+        {
+            "compute_precision",
+            "compute_units",
+            "deployment_target",
+            "compression",
+            "labels",
+            "image_input",
+            "mean",
+            "std",
+        }
+    )
     # the attention products of two activations: coremltools folds the keys' transpose into its matmul only
     # when no quantize/dequantize pair sits between them (mmvit_s's w8a8 program: 27 transposes instead of 0)
     float_ops = (torch.ops.aten.matmul.default, torch.ops.aten.bmm.default)
