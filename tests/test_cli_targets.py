@@ -173,6 +173,9 @@ def test_recipes_lists_every_builtin(capsys):
         "tflite-uint8-nhwc",
         "onnx-fp32",
     } <= names
+    assert run(["recipes"]) == 0  # the table shows each recipe's main gates, as its YAML sets them
+    row = next(line for line in capsys.readouterr().out.splitlines() if "executorch-xnnpack-fp32 " in line)
+    assert "<= 1 partition, >= 60 dB, diff <= 0.001" in row
 
 
 def test_a_recipe_alone_picks_its_target_and_fp16_weights_halve_the_file(tmp_path, full_width):

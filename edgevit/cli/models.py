@@ -36,15 +36,28 @@ def models(
 def recipes(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List the built-in recipes (target, precision, default); --json adds their options and gates."""
+    """List the built-in recipes: target, precision, default, main gates; --json gives every option and gate."""
     from ..recipe import builtin_recipes, default_recipe_names
 
     items = builtin_recipes()
     if as_json:
         print(json.dumps([r.to_dict() for r in items.values()], indent=2))
         return
-    table = Table("recipe", "target", "precision", "default", "description")
+    table = Table("recipe", "target", "precision", "default", "gates", "description")
     defaults = default_recipe_names()
     for r in items.values():
-        table.add_row(r.name, r.target, r.precision, "yes" if r.name in defaults else "", r.description)
+        default = "yes" if r.name in defaults else ""
+        table.add_row(r.name, r.target, r.precision, default, _main_gates(r.gates), r.description)
     out.print(table)
+
+
+def _main_gates(gates) -> str:
+    """The gates a user compares recipes by: delegate partitions and numerics against PyTorch fp32."""
+    parts = []
+    if gates.max_partitions is not None:
+        parts.append(f"<= {gates.max_partitions} partition{'s' if gates.max_partitions != 1 else ''}")
+    if gates.min_sqnr_db is not None:
+        parts.append(f">= {gates.min_sqnr_db:g} dB")
+    if gates.max_abs_diff is not None:
+        parts.append(f"diff <= {gates.max_abs_diff:g}")
+    return ", ".join(parts)
