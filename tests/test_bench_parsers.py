@@ -162,20 +162,57 @@ def test_hardware_notes_only_for_the_precision_whose_instructions_are_missing(tm
     assert hardware_notes([record("m-fp16-weights", [])]) == []
 
 
-def _timed(name: str, round_medians: list[float]) -> dict:
-    return {"artifact": {"name": name}, "rounds": [{"median_ms": m, "n": 30} for m in round_medians]}
+def _timed(name: str, round_medians: list[float], status: str = "ok") -> dict:
+    rounds = [{"median_ms": m, "n": 30} for m in round_medians]
+    return {
+        "artifact": {"name": name},
+        "status": status,
+        "stats": {"median": float(np.median(round_medians))},
+        "rounds": rounds,
+    }
 
 
 def test_paired_ratios_compare_processes_that_ran_back_to_back():
-    from edgevit.bench.report import paired_ratios, state_notes
+    from edgevit.bench.report import paired_ratios, reference_index, state_notes
 
     # the machine ran slow in round 2, and for a alone in round 3: the medians of the rounds (20 and 9 ms) would
     # make b 0.45x of a, while in the rounds where both met the same state it takes 0.9x
     a, b = _timed("a.pte", [10.0, 20.0, 20.0]), _timed("b.pte", [9.0, 18.0, 9.0])
-    once = {"artifact": {"name": "c.onnx"}, "rounds": [{"median_ms": 5.0, "n": 30}]}
+    once = _timed("c.onnx", [5.0])
     ratios = paired_ratios([a, b, once])
     assert ratios[0] == 1.0 and ratios[2] is None
     assert ratios[1] == pytest.approx(0.9)
+    # a first artifact whose round failed is not the reference of either ratio: the first that ran in full is
+    failed = _timed("f.pte", [30.0], status="failed")
+    assert reference_index([failed, a, b]) == 1
+    assert paired_ratios([failed, a, b])[1:] == [1.0, pytest.approx(0.9)]
     assert paired_ratios([_timed("x", [1.0]), _timed("y", [2.0])]) == [None, None]
     notes = state_notes([a, _timed("steady.pte", [10.0, 11.0])])
     assert len(notes) == 1 and notes[0].startswith("a.pte: its rounds' medians ran from 10.00 to 20.00 ms")
+
+
+def test_compare_names_what_changed_and_what_has_no_earlier_record():
+    from rich.console import Console
+
+    from edgevit.bench.report import compare_table
+
+    def record(name, median, sha, cpu="AMD EPYC", status="ok"):
+        return {
+            "artifact": {"name": name, "sha256": sha},
+            "device": "host",
+            "runtime": "executorch",
+            "threads": 2,
+            "status": status,
+            "stats": {"median": median, "p90": median},
+            "environment": {"before": {"cpu": cpu}},
+        }
+
+    old = [record("a.pte", 10.0, "x"), record("b.pte", 10.0, "y", status="failed")]
+    new = [record("a.pte", 8.0, "z"), record("b.pte", 9.0, "y"), record("c.pte", 7.0, "w")]
+    table, matched = compare_table(old, new)
+    console = Console(width=200, record=True)
+    console.print(table)
+    rows = {line.split()[1]: line for line in console.export_text().splitlines() if ".pte" in line}
+    assert matched == 1  # b's old record failed: not a baseline
+    assert "0.80x" in rows["a.pte"] and rows["a.pte"].rstrip(" │").endswith("file")  # re-exported: other bytes
+    assert "no earlier record" in rows["b.pte"] and "no earlier record" in rows["c.pte"]

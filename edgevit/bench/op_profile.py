@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import EdgevitError
+from ..runtime.executorch import HALF
 from ..runtime.quiet import native_stderr_silenced
 
 # events that wrap the ops rather than being one
@@ -35,7 +36,7 @@ def summarize(events: list[tuple[str, list[float]]], warmup: int) -> dict[str, A
     """Per op type: count and time in the median run (by total op time), from (event name, per-run ms)."""
     runs = min((len(times) for _, times in events), default=0) - warmup
     if runs < 1:
-        raise EdgevitError("the ETDump holds no timed run beyond the warm-up; raise --runs")
+        raise EdgevitError("the ETDump holds no traced run beyond the warm-up")
     ops = [(name, times[warmup:]) for name, times in events if name not in WRAPPERS]
     totals = [sum(times[r] for _, times in ops) for r in range(runs)]
     median_run = totals.index(statistics.median_low(totals))
@@ -75,8 +76,9 @@ def profile_pte(path: Path, threads: int, warmup: int = 3, runs: int = 10) -> di
             module = _load_for_executorch(str(path), enable_etdump=True)
         except (RuntimeError, ValueError) as e:
             raise EdgevitError(f"{path} is not a loadable .pte program ({str(e).splitlines()[0][:120]})") from None
-        shape = tuple(module.method_meta("forward").input_tensor_meta(0).sizes())
-        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        meta = module.method_meta("forward").input_tensor_meta(0)
+        x = torch.randn(tuple(meta.sizes()), generator=torch.Generator().manual_seed(0))
+        x = x.to(torch.float16 if meta.dtype() == HALF else torch.float32)  # fp16 programs take fp16, as timed
         for _ in range(warmup + runs):
             module.forward([x])
         with tempfile.TemporaryDirectory() as tmp:

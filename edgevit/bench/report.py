@@ -23,11 +23,18 @@ def _round_medians(record: dict[str, Any]) -> list[float]:
     return [r["median_ms"] for r in record.get("rounds", [])]
 
 
+def reference_index(records: list[dict[str, Any]]) -> int | None:
+    """The record both ratios are against: the first that ran in full (not skipped, no failed round)."""
+    return next((i for i, r in enumerate(records) if r["status"] == "ok" and r["stats"].get("median")), None)
+
+
 def paired_ratios(records: list[dict[str, Any]]) -> list[float | None]:
-    """Each record against the first one timed in several rounds, round by round: the median of its round's
-    median over the first record's in the same round. The processes of one round ran back to back, so a machine
-    that changes speed between rounds moves both sides of each ratio alike. None for records timed once."""
-    base = next((_round_medians(r) for r in records if len(_round_medians(r)) > 1), None)
+    """Each record against the reference (:func:`reference_index`), round by round: the median of its round's
+    median over the reference's in the same round. The processes of one round ran back to back, so a machine
+    that changes speed between rounds moves both sides of each ratio alike. None for records timed once, and
+    for all when the reference was."""
+    ref = reference_index(records)
+    base = _round_medians(records[ref]) if ref is not None and len(_round_medians(records[ref])) > 1 else None
     ratios: list[float | None] = []
     for r in records:
         rounds = _round_medians(r)
@@ -53,10 +60,12 @@ def state_notes(records: list[dict[str, Any]]) -> list[str]:
 
 
 def results_table(records: list[dict[str, Any]]) -> Table:
-    """One row per record; ratios are medians relative to the first record that has one, and (several rounds)
-    paired round by round (:func:`paired_ratios`). Device and threads go in the title when every record
-    shares them."""
-    base = next((r["stats"]["median"] for r in records if r["stats"].get("median")), None)
+    """One row per record; ratios are medians relative to the reference record (:func:`reference_index`, named
+    in the title), and (several rounds) paired round by round (:func:`paired_ratios`). Device and threads go in
+    the title when every record shares them. MB: on the host the model's share of the process's memory (peak
+    minus before the load); on a device, what its runner reports."""
+    ref = reference_index(records)
+    base = records[ref]["stats"]["median"] if ref is not None else None
     paired = paired_ratios(records)
     show_paired = any(ratio is not None for ratio in paired)
     where = {(r["device"], r["threads"]) for r in records}
@@ -65,6 +74,8 @@ def results_table(records: list[dict[str, Any]]) -> Table:
     if common:
         device, threads = where.pop()
         title += f" ({device}, {threads} threads)"
+    if ref is not None and len(records) > 1:
+        title += f"; ratios against {records[ref]['artifact']['name']}"
     columns = ["artifact", "runtime"] + ([] if common else ["device", "thr"])
     columns += ["n", "median", "p90", "mean", "trim", "std", "min", "load", "MB", "ratio"]
     columns += ["paired"] if show_paired else []
@@ -89,7 +100,7 @@ def results_table(records: list[dict[str, Any]]) -> Table:
             _ms(s.get("std")),
             _ms(s.get("min")),
             _ms(r.get("load_ms")),
-            "" if "memory_mb" not in r else f"{r['memory_mb']['peak']:.0f}",
+            "" if "memory_mb" not in r else f"{r['memory_mb'].get('model', r['memory_mb']['peak']):.0f}",
             f"{median / base:.2f}x" if base and median else "",
             *([f"{pair:.2f}x" if pair is not None else ""] if show_paired else []),
         )
@@ -147,9 +158,11 @@ def hardware_notes(records: list[dict[str, Any]]) -> list[str]:
 
 
 def compare_table(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple[Table, int]:
-    """Median and p90 of each new record against the old record with the same artifact, device, runtime and
-    threads; returns the table and how many records matched."""
-    previous = {key(r): r for r in old if r["stats"].get("median")}
+    """Median and p90 of each new record against the old record with the same artifact name, device, runtime and
+    threads that ran in full; returns the table and how many records matched. A row says when the file's bytes
+    or the CPU differ from the old record's (a re-export, another machine), and a new record with no old one
+    gets a row that says so."""
+    previous = {key(r): r for r in old if r["status"] == "ok" and r["stats"].get("median")}
     table = Table(
         "artifact",
         "device",
@@ -160,12 +173,17 @@ def compare_table(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple
         "new/old",
         "old p90",
         "new p90",
+        "differs",
         title="against the earlier run",
     )
     matched = 0
     for r in new:
         before = previous.get(key(r))
-        if before is None or not r["stats"].get("median"):
+        if not r["stats"].get("median"):
+            continue
+        if before is None:
+            lead = (r["artifact"]["name"], r["device"], r["runtime"], str(r["threads"] or ""))
+            table.add_row(*lead, "", _ms(r["stats"]["median"]), "", "", "", "no earlier record")
             continue
         matched += 1
         ratio = r["stats"]["median"] / before["stats"]["median"]
@@ -180,8 +198,20 @@ def compare_table(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> tuple
             f"[{colour}]{ratio:.2f}x[/]",
             _ms(before["stats"].get("p90")),
             _ms(r["stats"].get("p90")),
+            _differences(before, r),
         )
     return table, matched
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What else changed between two records of one artifact name: its bytes, the CPU."""
+    changed = []
+    if old["artifact"].get("sha256") != new["artifact"].get("sha256"):
+        changed.append("file")
+    cpus = [(r.get("environment", {}).get("before") or {}).get("cpu") for r in (old, new)]
+    if cpus[0] != cpus[1]:
+        changed.append("cpu")
+    return ", ".join(changed)
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -217,7 +247,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 def op_profile_table(name: str, profile: dict[str, Any], top: int = 12) -> Table:
     """The op types that take the most time in the median traced run, the rest summed in one row."""
     title = (
-        f"{name}: time per op type, median of {profile['runs']} traced runs ({profile['op_count']} ops, "
+        f"{name}: time per op type in the traced run of median total, of {profile['runs']} ({profile['op_count']} ops, "
         f"{profile['ops_ms']:.2f} ms of ops in a {profile['execute_ms']:.2f} ms run)"
     )
     table = Table("op", "count", "ms", "share", title=title)

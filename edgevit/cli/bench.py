@@ -51,9 +51,10 @@ def bench(
     """Time artifacts on the host or a phone: one table, JSON records and a plot.
 
     Only the inference is timed, after discarded warm-up runs.
-    Columns: n, median, p90, mean, trimmed mean (middle 80%), std, min, load ms, peak MB, ratio to the first.
+    Columns: n, median, p90, mean, trimmed mean (middle 80%), std, min, load ms, the model's MB, and the ratio
+    to the reference (the first artifact that ran in full, named in the title).
     On the host each artifact runs in a fresh process; --rounds alternates several, and 'paired' is then the
-    median of the per-round ratios to the first artifact (robust to a machine that changes speed).
+    median of the per-round ratios to the reference (robust to a machine that changes speed).
     """
     from ..bench.devices import get_profile
     from ..bench.host import Settings
