@@ -81,7 +81,7 @@ def test_op_profile_takes_the_median_run_after_the_warmup():
     summary = summarize(events, warmup=1)
     assert summary["runs"] == 3 and summary["ops_ms"] == 6.0 and summary["execute_ms"] == 7.0  # run totals 4, 8, 6
     assert summary["ops"][0] == {"op": "Fully Connected (NC, F32) GEMM", "count": 2, "ms": 5.0, "share": 0.8333}
-    with pytest.raises(EdgevitError, match="no timed run"):
+    with pytest.raises(EdgevitError, match="no traced run"):
         summarize(events, warmup=4)
     # ops all within the timer's resolution (a tiny model): counted, with no share
     instant = summarize([("Method::execute", [0.0, 0.0]), ("Slice (ND, X32) #1", [0.0, 0.0])], warmup=1)
