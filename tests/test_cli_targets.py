@@ -193,11 +193,3 @@ def test_a_recipe_alone_picks_its_target_and_fp16_weights_halve_the_file(tmp_pat
     # float16 weights cost precision, not correctness: measured in LiteRT on real photos
     assert 40 <= half["numerics"]["sqnr_db"] < full["numerics"]["sqnr_db"]
 
-
-def test_an_export_that_misses_its_gates_leaves_no_folder_behind(tmp_path, user_error):
-    strict = tmp_path / "strict.yaml"
-    strict.write_text("name: strict\ntarget: onnx\nprecision: fp32\ngates: {max_abs_diff: 1.0e-12}\n")
-    out = tmp_path / "new" / "folder"
-    args = ("export", "lvt_test", "--recipe", str(strict), "--output-dir", str(out), "--num-images", "2")
-    assert "recipe strict: max abs diff" in user_error(*args, code=3)
-    assert not (tmp_path / "new").exists()

@@ -247,7 +247,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 def op_profile_table(name: str, profile: dict[str, Any], top: int = 12) -> Table:
     """The op types that take the most time in the median traced run, the rest summed in one row."""
     title = (
-        f"{name}: time per op type in the traced run of median total, of {profile['runs']} ({profile['op_count']} ops, "
+        f"{name}: time per op type, the median of {profile['runs']} traced runs by op total "
+        f"({profile['op_count']} ops, "
         f"{profile['ops_ms']:.2f} ms of ops in a {profile['execute_ms']:.2f} ms run)"
     )
     table = Table("op", "count", "ms", "share", title=title)

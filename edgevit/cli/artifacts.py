@@ -21,7 +21,7 @@ def verify(
     num_images: Annotated[int, typer.Option(min=1, help="How many photos to compare on.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Re-run an artifact on its host runtime against PyTorch fp32 (model and weights from its manifest).
+    """Re-run an artifact on its host runtime against its PyTorch reference (rebuilt from its manifest).
 
     Exits 3 if the numerics miss its recipe's gates, as `edgevit export` does."""
     from ..inspection import verify_artifact

@@ -32,9 +32,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        # a file that is no pickle at all (text, another format) fails in the unpickler's opcode table: KeyError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, KeyError):
+        if isinstance(e, KeyError):  # a file that is no pickle at all fails in the unpickler's opcode table
             first = "not a PyTorch checkpoint file"
         raise EdgevitError(
             f"checkpoint {path} cannot be loaded as tensors only ({first[:160]}); "

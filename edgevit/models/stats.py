@@ -42,19 +42,18 @@ def cached_model_stats(names: list[str], on_measure: Callable[[str], None] | Non
     path = stats_cache_path()
     key = _code_fingerprint()
     cache = _read_cache(path, key)
-    rows = []
-    for name in names:
-        if name not in cache:
-            if on_measure:
-                on_measure(name)
-            cache[name] = model_stats(name)
-        rows.append({**cache[name], "description": get_entry(name).description})
-    try:  # a cache that cannot be written costs only time on the next run
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"fingerprint": key, "models": cache})
-    except OSError:
-        pass
-    return rows
+    missing = [name for name in names if name not in cache]
+    for name in missing:
+        if on_measure:
+            on_measure(name)
+        cache[name] = model_stats(name)
+    if missing:
+        try:  # a cache that cannot be written costs only time on the next run
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"fingerprint": key, "models": cache})
+        except OSError:
+            pass
+    return [{**cache[name], "description": get_entry(name).description} for name in names]
 
 
 def stats_cache_path() -> Path:

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -20,10 +20,13 @@ from ..fileio import atomic_write_json, path_sha256
 from ..models.registry import Size, size_text
 from ..quant.flow import QuantizedDeploy, deploy_float_modules
 from ..quant.policy import untie_weights
-from ..quant.pt2e import _keep_float_quantizer, backend_quantizer
+from ..quant.pt2e import _keep_float_quantizer, backend_quantizer, quant_options
 from ..targets.registry import get_target, list_targets
 from .folder import LabelledImages
 from .loop import accuracy, train_epoch
+
+if TYPE_CHECKING:
+    from ..recipe import Recipe
 
 CHECKPOINT_FORMAT = "edgevit.qat/1"
 # after QAT the fp32 weights are tuned for int8, so the artifact is checked against the model QAT trained
@@ -163,31 +166,45 @@ def train_qat(
     return history
 
 
+def qat_graph(
+    model_name: str, init: str | Path | None, size: Size, classes: list[str], recipe: Recipe, example: torch.Tensor
+) -> tuple[nn.Module, fx.GraphModule, QATRun, tuple[str, ...]]:
+    """The model, its fake-quantized deploy form for ``recipe`` (as training and verify both build it), the run
+    it identifies and the module names kept float."""
+    from ..lowering import lower
+    from ..models import create_model
+
+    options = quant_options(recipe)
+    model = create_model(model_name, init, input_size=size, num_classes=len(classes)).eval()
+    deploy = lower(model, recipe.options.get("lowering", recipe.target))
+    keep_float = deploy_float_modules(deploy) + tuple(options["keep_float"])
+    prepared = prepare_qat(deploy, example, recipe.target, options, keep_float)
+    init_sha = path_sha256(Path(init)) if init else None
+    run = QATRun(model_name, recipe.target, recipe.name, size, classes, init_sha, graph_fingerprint(prepared))
+    return model, prepared, run, keep_float
+
+
 def rebuild_trained(manifest: dict[str, Any]) -> fx.GraphModule:
     """The fake-quantized model a QAT artifact reproduces, rebuilt from its manifest and QAT checkpoint: the
     reference ``edgevit verify`` runs (the same graph as training's, with the checkpoint's weights and ranges)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
 
     from ..export import manifest_input_size
-    from ..lowering import lower
-    from ..models import create_model, get_entry
-    from ..quant.pt2e import quant_options
+    from ..models import get_entry
     from ..recipe import parse_recipe
 
-    quantization, recipe = manifest["quantization"], parse_recipe(manifest["recipe"], "in the manifest")
-    qat, checkpoint = quantization["qat"], Path(manifest["weights"]["checkpoint"])
-    size = manifest_input_size(manifest["input"])
-    model = create_model(manifest["model"], qat["init"], input_size=size, num_classes=len(qat["classes"])).eval()
-    deploy = lower(model, recipe.options.get("lowering", recipe.target))
+    qat, size = manifest["quantization"]["qat"], manifest_input_size(manifest["input"])
+    if qat["init"] and not Path(qat["init"]).is_file():
+        raise EdgevitError(f"the QAT run's --init weights {qat['init']} (from the manifest) not found; restore them")
     example = torch.zeros(2, *get_entry(manifest["model"]).input_spec.shape(size)[1:])
-    options = quant_options(recipe)
-    prepared = prepare_qat(deploy, example, recipe.target, options, tuple(quantization["keep_float"]))
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if state.get("run", {}).get("graph") != graph_fingerprint(prepared):
-        raise EdgevitError(
-            f"{checkpoint} was trained on another graph of {manifest['model']} (an earlier edgevit's deploy form); "
-            "verify it with that version"
-        )
+    recipe = parse_recipe(manifest["recipe"], "in the manifest")
+    _, prepared, run, _ = qat_graph(manifest["model"], qat["init"], size, qat["classes"], recipe, example)
+    checkpoint = Path(manifest["weights"]["checkpoint"])
+    try:  # the checks training resumes by: the same run, graph and --init weights
+        state = load_checkpoint(checkpoint, run)
+    except EdgevitError as e:
+        why = str(e).split(";")[0]
+        raise EdgevitError(f"cannot rebuild the QAT reference: {why}; verify with the exporting edgevit") from None
     prepared.load_state_dict(state["model_state"])
     move_exported_model_to_eval(prepared)
     return prepared
@@ -244,9 +261,7 @@ def qat_export(
     twin's size and latency unless ``vs_fp32`` is off)."""
     from ..export import ExportRequest, export, output_paths, resolve_recipe
     from ..fileio import refuse_overwrite
-    from ..lowering import lower
-    from ..models import check_input_size, create_model, get_entry
-    from ..quant.pt2e import quant_options
+    from ..models import check_input_size, get_entry
     from .folder import load_labelled
 
     entry = get_entry(model_name)
@@ -271,13 +286,8 @@ def qat_export(
     train = load_labelled(data, entry.input_spec, size, progress=loading)
     held_out = load_labelled(val, entry.input_spec, size, train.classes, loading, "--val") if val else None
     torch.manual_seed(seed)
-    model = create_model(model_name, init, input_size=size, num_classes=len(train.classes)).eval()
     on_step("prepare QAT")
-    deploy = lower(model, chosen.options.get("lowering", target))
-    keep_float = deploy_float_modules(deploy) + tuple(options["keep_float"])
-    prepared = prepare_qat(deploy, train.images[:2], target, options, keep_float)
-    init_sha = path_sha256(Path(init)) if init else None
-    run = QATRun(model_name, target, chosen.name, size, train.classes, init_sha, graph_fingerprint(prepared))
+    model, prepared, run, keep_float = qat_graph(model_name, init, size, train.classes, chosen, train.images[:2])
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     try:
         history = train_qat(prepared, run, train, held_out, epochs, checkpoint, batch, lr, seed, on_step)
