@@ -192,4 +192,3 @@ def test_a_recipe_alone_picks_its_target_and_fp16_weights_halve_the_file(tmp_pat
     assert half["artifact"]["size_bytes"] < 0.6 * fp32_bytes
     # float16 weights cost precision, not correctness: measured in LiteRT on real photos
     assert 40 <= half["numerics"]["sqnr_db"] < full["numerics"]["sqnr_db"]
-

@@ -11,6 +11,7 @@ from torch import fx, nn
 
 from ..errors import EdgevitError
 from ..recipe import Recipe
+from ..targets.norm_center import drop_norm_means
 from ..targets.registry import get_target
 from .policy import mark_float, retie_float_copies, untie_weights
 
@@ -103,7 +104,9 @@ def calibrated(
     :func:`converted` turns into a quantized one, and the untied weight copies."""
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    gm = torch.export.export(deploy.eval(), (example,), strict=False).module()
+    program = torch.export.export(deploy.eval(), (example,), strict=False)
+    drop_norm_means(program)  # calibrated and quantized as the float artifact runs
+    gm = program.module()
     copies = untie_weights(gm)
     prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), float_types, float_ops))
     with torch.no_grad():

@@ -70,12 +70,14 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         rank, rank_op = max_tensor_rank(program.graph)
         ops = op_counts(program.graph)
         xnnpack_only = _xnnpack_only(recipe)
-        folded = 0
+        folded = means_dropped = 0
         if xnnpack_only:
             from ._xnnpack_passes import decompose_for_xnnpack, kept_whole
             from .norm_affine import fold_norm_affines
+            from .norm_center import drop_norm_means
 
             program = decompose_for_xnnpack(program)
+            means_dropped = drop_norm_means(program)
             folded = fold_norm_affines(program)
         edge, copies_removed = _lower(program, recipe, xnnpack_only)
         audit = audit_lowered(edge.exported_program().graph_module)
@@ -86,6 +88,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
             edge.compile_config._skip_dim_order = True
             check_delegated_edge_dialect(edge.exported_program().graph_module, kept_whole(program))
         audit.update(ops=dict(sorted(ops.items())), max_rank=rank, max_rank_op=rank_op, norm_affines_folded=folded)
+        audit.update(norm_means_dropped=means_dropped)
         audit.update(xnnpack_copies_removed=dict(copies_removed))
         if fp16:
             audit.update(input_dtype="float16", output_dtype="float16")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
-from torch.export.graph_signature import InputKind
+
+from .program_constants import constant, replace_constant
 
 A = torch.ops.aten
 _TO_CHANNELS_FIRST = [0, 3, 1, 2]
@@ -54,7 +54,7 @@ def _affine(program: Any, add: torch.fx.Node) -> tuple[torch.fx.Node, torch.Tens
     normalized, weight = mul.args
     if not isinstance(normalized, torch.fx.Node):
         return None
-    gamma, beta = _constant(program, weight), _constant(program, bias)
+    gamma, beta = constant(program, weight), constant(program, bias)
     value = normalized.meta.get("val")
     if gamma is None or beta is None or value is None or gamma.dim() != 1 or gamma.shape != beta.shape:
         return None
@@ -110,49 +110,17 @@ def _takes_affine(program: Any, layer: torch.fx.Node, source: torch.fx.Node, cha
     own = all(isinstance(n, torch.fx.Node) and len(n.users) == 1 for n in (weight_node, bias_node))
     if not own:
         return False
-    weight, bias = _constant(program, weight_node), _constant(program, bias_node)
+    weight, bias = constant(program, weight_node), constant(program, bias_node)
     return weight is not None and bias is not None and weight.shape[1] == channels
 
 
 def _fold_into(program: Any, layer: torch.fx.Node, gamma: torch.Tensor, beta: torch.Tensor) -> None:
     weight_node, bias_node = layer.args[1], layer.args[2]
-    weight, bias = _constant(program, weight_node), _constant(program, bias_node)
+    weight, bias = constant(program, weight_node), constant(program, bias_node)
     w = weight.detach().double()
     per_input = (1, -1) + (1,) * (w.dim() - 2)  # gamma scales each input channel of every tap
     new_weight = w * gamma.double().reshape(per_input)
     taps_summed = w.flatten(2).sum(2) if w.dim() > 2 else w
     new_bias = bias.detach().double() + taps_summed @ beta.double()
-    _replace_constant(program, weight_node, new_weight.to(weight.dtype))
-    _replace_constant(program, bias_node, new_bias.to(bias.dtype))
-
-
-def _spec(program: Any, node: Any) -> Any:
-    if not isinstance(node, torch.fx.Node) or node.op != "placeholder":
-        return None
-    return next((s for s in program.graph_signature.input_specs if s.arg.name == node.name), None)
-
-
-def _store(program: Any, spec: Any) -> dict | None:
-    """The dict holding a placeholder's tensor: parameters and persistent buffers in the state dict, the rest in
-    the program's constants."""
-    if spec is None:
-        return None
-    if spec.kind == InputKind.PARAMETER or (spec.kind == InputKind.BUFFER and spec.persistent):
-        return program.state_dict
-    if spec.kind in (InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
-        return program.constants
-    return None
-
-
-def _constant(program: Any, node: Any) -> torch.Tensor | None:
-    spec = _spec(program, node)
-    store = _store(program, spec)
-    value = store.get(spec.target) if store is not None else None
-    return value if isinstance(value, torch.Tensor) and value.dtype.is_floating_point else None
-
-
-def _replace_constant(program: Any, node: torch.fx.Node, value: torch.Tensor) -> None:
-    """A new tensor under the placeholder's name: the module the program was exported from keeps its own."""
-    spec = _spec(program, node)
-    store = _store(program, spec)
-    store[spec.target] = nn.Parameter(value, requires_grad=False) if spec.kind == InputKind.PARAMETER else value
+    replace_constant(program, weight_node, new_weight.to(weight.dtype))
+    replace_constant(program, bias_node, new_bias.to(bias.dtype))

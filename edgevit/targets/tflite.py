@@ -17,6 +17,7 @@ import torch
 from ..errors import EdgevitError
 from ..quant.pt2e import quant_options
 from .base import ExportedArtifact
+from .norm_center import with_norm_means_dropped
 from .registry import Target, register_target
 from .tflite_io import float_io
 
@@ -61,6 +62,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
         raise EdgevitError(f"recipe {recipe.name}: input_layout '{layout}'; choose NCHW or NHWC")
     if dtype not in ("float32", "uint8") or (dtype == "uint8" and layout != "NHWC"):
         raise EdgevitError(f"recipe {recipe.name}: input_dtype '{dtype}'; choose float32, or uint8 with NHWC layout")
+    model, means_dropped = with_norm_means_dropped(model, example)
     sample = example
     if dtype == "uint8":
         model = PixelInput(model.eval(), recipe.options["mean"], recipe.options["std"])
@@ -75,6 +77,7 @@ def export(model: torch.nn.Module, example: torch.Tensor, recipe: Recipe) -> Exp
     audit["input_layout"] = layout
     audit["input_dtype"] = dtype
     audit["weights"] = recipe.precision
+    audit["norm_means_dropped"] = means_dropped
     return ExportedArtifact.from_bytes(data, audit)
 
 
