@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from edgevit.bench.op_profile import WRAPPERS, summarize
+from edgevit.bench.run import round_order
 from edgevit.errors import EdgevitError
 
 from .conftest import CliResult, run_cli, run_cli_here
@@ -54,6 +55,23 @@ def test_mlpackage_is_a_clear_skip_off_macos(bench_run):
     records = json.loads((bench_run[1] / "b.json").read_text())["records"]
     assert records[3]["status"] == "skipped" and "needs macOS" in records[3]["reason"]
     assert records[3]["samples_ms"] == [] and "skipped" in bench_run[0].stdout
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="Core ML predicts on macOS")
+def test_a_run_that_timed_nothing_fails(tiny_artifacts):
+    proc = run_cli_here("bench", str(tiny_artifacts[".mlpackage"]), *FAST)
+    assert proc.returncode == 1 and "nothing was timed: tiny.mlpackage" in proc.stderr, proc.stderr
+
+
+def test_a_file_given_twice_is_timed_once_and_rounds_alternate_their_order(tmp_path, tiny_artifacts):
+    onnx = tiny_artifacts[".onnx"]
+    again = onnx.parent / ".." / onnx.parent.name / onnx.name  # the same file, spelled otherwise
+    out = tmp_path / "r.json"
+    proc = run_cli("bench", str(onnx), str(again), *FAST, "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert [r["artifact"]["name"] for r in json.loads(out.read_text())["records"]] == ["tiny.onnx"]
+    a, b, c = (tmp_path / n for n in "abc")
+    assert [round_order([a, b, c], r) for r in range(3)] == [[a, b, c], [c, b, a], [a, b, c]]
 
 
 def test_op_profiling_says_where_a_pte_spends_its_time(bench_run):

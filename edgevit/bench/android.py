@@ -178,6 +178,12 @@ def _bench_one(adb, profile, path, binary, settings, record, progress, op_profil
         adb.push(str(binary), remote_runner)
         adb.check(["chmod", "755", remote_runner])
         cmd = _command(path, remote_model, remote_runner, settings, op_profiling)
+        if device_runner(path) == "executor_runner":  # it runs a fixed count: the record says what was applied
+            record["settings"]["min_seconds"] = None
+            if settings.min_seconds > 0:
+                record.setdefault("flags", []).append(
+                    f"executor_runner runs a fixed count ({settings.runs} timed runs); --min-seconds does not apply"
+                )
         if profile.cpu_mask:
             cmd = ["taskset", profile.cpu_mask, *cmd]
         record["remote_command"] = cmd
@@ -200,7 +206,7 @@ def _bench_one(adb, profile, path, binary, settings, record, progress, op_profil
         after = record["environment"]["after"]["thermal_status"]
         record["thermal"] = {"status_before": status_before, "status_after": after}
         if status_before is not None and after is not None and after > status_before:
-            record["flags"] = [f"thermal status rose from {status_before} to {after} during the run"]
+            record.setdefault("flags", []).append(f"thermal status rose from {status_before} to {after} during the run")
     finally:
         _clean_up(adb, folder)
 

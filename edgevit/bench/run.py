@@ -29,6 +29,23 @@ def check_artifacts(paths: list[Path]) -> None:
             raise EdgevitError(f"{path}: cannot benchmark '{path.suffix}' files; pass {suffixes}")
 
 
+def distinct(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats of one file (however spelled), in the order first given."""
+    seen: set[Path] = set()
+    kept = []
+    for path in paths:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            kept.append(path)
+    return kept
+
+
+def round_order(paths: list[Path], round_index: int) -> list[Path]:
+    """a b c, then c b a, then a b c ...: no artifact always runs first after a pause or right after one
+    neighbour, so drift and neighbours' after-effects fall on every artifact alike."""
+    return paths if round_index % 2 == 0 else paths[::-1]
+
+
 def bench(
     paths: list[Path],
     device: DeviceProfile,
@@ -36,10 +53,12 @@ def bench(
     progress: Progress | None = None,
     op_profiling: bool = False,
 ) -> list[dict[str, Any]]:
-    """One record per artifact, in the order given; failures are records too (status failed, samples kept).
+    """One record per artifact (a file given twice is timed once), in the order given; failures are records too
+    (status failed, samples kept).
     ``op_profiling`` adds per-op tables: Android's benchmark_model for .tflite, ExecuTorch's ETDump for a .pte
     on the host."""
     check_artifacts(paths)
+    paths = distinct(paths)
     progress = progress or (lambda _: None)
     if device.kind == "host":
         return bench_host(paths, device, settings, progress, op_profiling)
@@ -68,8 +87,8 @@ def bench_host(
             runnable.append(path)
     rounds: dict[Path, list[dict[str, Any]]] = {p: [] for p in runnable}
     timeout = 300 + 3 * settings.min_seconds
-    for r in range(settings.rounds):  # a b c a b c ...: drift on the machine hits every artifact alike
-        for path in runnable:
+    for r in range(settings.rounds):
+        for path in round_order(runnable, r):
             if records[path]["status"] == "failed":
                 continue
             progress(f"{path.name}: round {r + 1}/{settings.rounds}")

@@ -95,6 +95,10 @@ def bench(
         plot(records, plot_file)
         out.print(f"plot: {plot_file}", highlight=False)
     failed = [r for r in records if r["status"] in ("failed", "not run")]
+    if all(r["status"] == "skipped" for r in records):
+        first = records[0]
+        some = f"all {len(records)} artifacts were skipped; first: " if len(records) > 1 else ""
+        raise RunFailure(f"nothing was timed: {some}{first['artifact']['name']}: {first['reason']}")
     if failed:
         first = failed[0]
         raise RunFailure(

@@ -97,6 +97,7 @@ def quantize_for_export(
     fold = target.fold_quantize
     float_ops = target.float_ops
     prepared, copies = calibrated(deploy, example, quantizer, calib, keep_float, progress, float_types, float_ops)
+    entry["norm_means_dropped"] = prepared.meta.get("norm_means_dropped", 0)
     # the sensitivity report's views need weights as float constants behind quantize/dequantize pairs
     unfolded = converted(copy_prepared(prepared), copies, fold_quantize=False) if fold else None
     quantized = converted(prepared, copies, fold)

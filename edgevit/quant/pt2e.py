@@ -105,10 +105,11 @@ def calibrated(
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     program = torch.export.export(deploy.eval(), (example,), strict=False)
-    drop_norm_means(program)  # calibrated and quantized as the float artifact runs
+    means_dropped = drop_norm_means(program)  # calibrated and quantized as the float artifact runs
     gm = program.module()
     copies = untie_weights(gm)
     prepared = prepare_pt2e(gm, _keep_float_quantizer(quantizer, tuple(keep_float), float_types, float_ops))
+    prepared.meta["norm_means_dropped"] = means_dropped
     with torch.no_grad():
         for i in range(len(calibration)):
             prepared(calibration[i : i + 1])
