@@ -166,6 +166,7 @@ def test_int8_export_below_its_sqnr_gate_names_the_blocks_and_keeps_the_artifact
 
     quant = manifest["quantization"]
     assert quant["scheme"] == "static" and len(quant["calibration"]["images"]) == 4 and "vs_fp32" not in quant
+    assert quant["norm_means_dropped"] > 0  # calibrated on the graph the float .pte runs (the patch embeddings')
     assert manifest["numerics"]["sqnr_db"] < 25 and manifest["numerics"]["runtime"] == "executorch"
     audit = manifest["audit"]
     assert audit["partitions"] == 1 and not audit["ops_outside"] and audit["ops_delegated"]["quantize_per_tensor"] > 0
