@@ -58,6 +58,24 @@ class ReadElsewhere(nn.Module):
         return self.norm(y) + y[..., :1]
 
 
+class ConvsThatCannotCentre(nn.Module):
+    """Norms behind a depthwise conv, a transposed conv, a ReLU and a reshape to a map, each then moved channels
+    last: no weight change shifts every channel of those alike, so each keeps its mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(C, C, 3, padding=1, groups=C)
+        self.transposed = nn.ConvTranspose2d(C, C, 2, stride=2)
+        self.plain = nn.Conv2d(C, C, 1)
+        self.norms = nn.ModuleList(_norm() for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, 4, 4)
+        out = self.norms[0](self.depthwise(x).permute(0, 2, 3, 1)).sum()
+        out = out + self.norms[1](self.transposed(x).permute(0, 2, 3, 1)).sum()
+        out = out + self.norms[2](F.relu(self.plain(x)).permute(0, 2, 3, 1)).sum()
+        return out + self.norms[3](x.reshape(x.shape[0], C, 2, 8).permute(0, 2, 3, 1)).sum()
+
+
 def _program(model: nn.Module, example: torch.Tensor):
     return decompose_for_xnnpack(torch.export.export(model.eval(), (example,), strict=False))
 
@@ -81,6 +99,16 @@ def test_a_stream_read_by_norms_loses_every_mean_it_can_and_computes_the_same():
 def test_a_norm_input_read_by_anything_else_keeps_its_mean():
     program = _program(ReadElsewhere(), torch.randn(1, 4, C))
     assert drop_norm_means(program) == 0
+
+
+def test_grouped_transposed_and_non_layer_inputs_keep_their_means():
+    torch.manual_seed(0)
+    model = ConvsThatCannotCentre().eval()
+    example = torch.randn(2, C, 4, 4)
+    program = _program(model, example)
+    assert drop_norm_means(program) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(example), model(example), rtol=1e-5, atol=1e-5)
 
 
 def test_the_pte_and_the_tflite_compute_the_same_function_with_the_means_dropped(tmp_path):

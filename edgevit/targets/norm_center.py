@@ -21,7 +21,7 @@ its norms as they are. The function is the same up to float rounding (``tests/te
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,6 +51,14 @@ class _Norm:
     centred: torch.fx.Node  # input - mean
 
 
+@dataclass
+class _Scope:
+    """The norms by input, and which nodes were found shift-invariant (the graph as it stands for one norm)."""
+
+    norms: dict[torch.fx.Node, list[_Norm]]
+    invariant: dict[torch.fx.Node, bool] = field(default_factory=dict)
+
+
 def drop_norm_means(program: Any) -> int:
     """Rewrite ``program`` in place (its weights are replaced, never written into); returns how many norms lost
     their mean."""
@@ -64,16 +72,16 @@ def drop_norm_means(program: Any) -> int:
         norms.setdefault(norm.input, []).append(norm)
     dropped = rewired = 0
     for norm in sorted(found, key=lambda n: order[n.centred]):
-        x = norm.input
-        if len(norms[x]) != 1 or not _shift_invariant(x, norms):
+        x, scope = norm.input, _Scope(norms)
+        if len(norms[x]) != 1 or not _shift_invariant(x, scope):
             continue
-        edits = _centring(program, x, norms, centred | edited)
+        edits = _centring(program, x, scope, centred | edited)
         if edits is not None:
             for kind, node in edits:
-                constant = node if kind == "constant" else node.args[1]  # a shared layer is centred once
-                if constant not in edited:
+                key = node if kind == "constant" else node.args[1]  # a shared layer is centred once
+                if key not in edited:
                     _centre(program, kind, node)
-                    edited.add(constant)
+                    edited.add(key)
             norm.centred.replace_all_uses_with(x)
             centred.add(x)
             dropped += 1
@@ -100,7 +108,8 @@ def with_norm_means_dropped(model: nn.Module, example: torch.Tensor) -> tuple[nn
         return model, 0
     module = program.module()
     # torch refuses train()/eval() on an exported module; its ops are fixed already, and converters call eval()
-    del module.train, module.eval
+    for name in ("train", "eval"):
+        module.__dict__.pop(name, None)
     return module, dropped
 
 
@@ -153,44 +162,50 @@ def _keeps_rows(user: torch.fx.Node, source: torch.fx.Node) -> bool:
     return value == 0 and pad[:2] == [0, 0]
 
 
-def _shift_invariant(node: torch.fx.Node, norms: dict) -> bool:
+def _shift_invariant(node: torch.fx.Node, scope: _Scope) -> bool:
     """Shifting each row of ``node`` by its own constant leaves the program's outputs as they are."""
-    own = {n for norm in norms.get(node, ()) for n in (norm.mean, norm.centred)}
+    if node not in scope.invariant:  # each node once: token reorderings make many paths to one reader
+        scope.invariant[node] = _readers_blind(node, scope)
+    return scope.invariant[node]
+
+
+def _readers_blind(node: torch.fx.Node, scope: _Scope) -> bool:
+    own = {n for norm in scope.norms.get(node, ()) for n in (norm.mean, norm.centred)}
     for user in node.users:
         if user in own:
             continue
         if user.op == "call_function" and user.target == A.add.Tensor and not user.kwargs and len(user.args) == 2:
-            if _shape(user) == _shape(node) and _shift_invariant(user, norms):
+            if _shape(user) == _shape(node) and _shift_invariant(user, scope):
                 continue
-        if _keeps_rows(user, node) and _shift_invariant(user, norms):
+        if _keeps_rows(user, node) and _shift_invariant(user, scope):
             continue
         return False
     return True
 
 
-def _centring(program: Any, node: torch.fx.Node, norms: dict, done: set) -> list | None:
+def _centring(program: Any, node: torch.fx.Node, scope: _Scope, done: set) -> list | None:
     """The edits (``("layer", linear or convolution)``, ``("constant", placeholder)``) that make every row of
     ``node`` zero-mean, each edited value read only where a shift goes unseen; None if there are none. ``done``:
     the nodes already zero-mean and the constants already centred (a layer shared with one centred before)."""
     if node in done or (node.target in _LAYERS and len(node.args) > 1 and node.args[1] in done):
         return []
-    if node.op != "call_function" or node.kwargs or not _shift_invariant(node, norms):
+    if node.op != "call_function" or node.kwargs or not _shift_invariant(node, scope):
         return None
     if node.target == A.linear.default:
-        return [("layer", node)] if _centrable_layer(program, node, norms) else None
+        return [("layer", node)] if _centrable_layer(program, node, scope) else None
     if node.target == A.permute.default and list(node.args[1]) == _TO_CHANNELS_LAST:
         conv = node.args[0]  # a convolution's output channels, moved last
+        if not isinstance(conv, torch.fx.Node) or conv.op != "call_function" or conv.target not in _CONVS:
+            return None
         if conv.args[1] in done:
             return []
-        if conv.target in _CONVS and _centrable_layer(program, conv, norms):
-            return [("layer", conv)]
-        return None
-    if node.target == A.add.Tensor and len(node.args) == 2:
+        return [("layer", conv)] if _centrable_layer(program, conv, scope) else None
+    if node.target == A.add.Tensor and len(node.args) == 2 and _shape(node):
         edits = []
         for side in node.args:
             part = _constant_edit(program, side, _shape(node)[-1])
             if part is None and isinstance(side, torch.fx.Node):
-                part = _centring(program, side, norms, done)
+                part = _centring(program, side, scope, done)
             if part is None:
                 return None
             edits.extend(part)
@@ -201,7 +216,7 @@ def _centring(program: Any, node: torch.fx.Node, norms: dict, done: set) -> list
         for source in sources:
             if not isinstance(source, torch.fx.Node) or not _keeps_rows(node, source):
                 return None
-            part = _centring(program, source, norms, done)
+            part = _centring(program, source, scope, done)
             if part is None:
                 return None
             edits.extend(part)
@@ -219,7 +234,7 @@ def _constant_edit(program: Any, node: Any, channels: int) -> list | None:
     return [("constant", node)]
 
 
-def _centrable_layer(program: Any, layer: torch.fx.Node, norms: dict) -> bool:
+def _centrable_layer(program: Any, layer: torch.fx.Node, scope: _Scope) -> bool:
     """``layer``'s constant weight and bias can take the centring: every layer reading them (one, or the same
     layer applied to several inputs) has an output whose per-row shift goes unseen (a convolution's behind its
     one permute to channels last)."""
@@ -238,14 +253,23 @@ def _centrable_layer(program: Any, layer: torch.fx.Node, norms: dict) -> bool:
             return False
         output = other
         if other.target in _CONVS:
-            if len(other.users) != 1:
+            if not _plain_conv(other) or len(other.users) != 1:
                 return False
             output = next(iter(other.users))
             if output.target != A.permute.default or list(output.args[1]) != _TO_CHANNELS_LAST:
                 return False
-        if not _shift_invariant(output, norms):
+        if not _shift_invariant(output, scope):
             return False
     return True
+
+
+def _plain_conv(conv: torch.fx.Node) -> bool:
+    """Not grouped, not transposed: each output channel reads every input through weights laid out (out, in, ...),
+    so centring over dim 0 shifts every output channel alike."""
+    if conv.target == A.convolution.default:
+        transposed, groups = conv.args[6], conv.args[8]
+        return not transposed and groups == 1
+    return (conv.args[6] if len(conv.args) > 6 else conv.kwargs.get("groups", 1)) == 1
 
 
 def _centre(program: Any, kind: str, node: torch.fx.Node) -> None:
