@@ -70,7 +70,7 @@ def drop_norm_means(program: Any) -> int:
     norms: dict[torch.fx.Node, list[_Norm]] = {}
     for norm in found:
         norms.setdefault(norm.input, []).append(norm)
-    dropped = rewired = 0
+    dropped, rewired = 0, False
     for norm in sorted(found, key=lambda n: order[n.centred]):
         x, scope = norm.input, _Scope(norms)
         if len(norms[x]) != 1 or not _shift_invariant(x, scope):
@@ -92,7 +92,7 @@ def drop_norm_means(program: Any) -> int:
             for user in others:
                 user.replace_input_with(x, norm.centred)
             centred.add(norm.centred)
-            rewired += 1
+            rewired = True
     if dropped or rewired:
         graph.eliminate_dead_code()
         program.graph_module.recompile()
