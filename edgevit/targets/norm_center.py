@@ -9,9 +9,9 @@ remove both where the input can be centred by changing weights alone:
   projection), subtracting each input's mean over the output channels from the layer's weights, and the mean
   bias from its bias, makes its output zero-mean: ``(W - 1 mean_o(W)) x + b - mean(b)``.
 - **A residual stream read only by norms**: in a pre-norm transformer whose stream ends in a norm, every block
-  adds ``f(norm(x))`` to the stream and only norms read it. Such a stream can be carried centred: its first norm
-  keeps the subtraction and the stream continues from that norm's centred value; each block's last layer is
-  centred as above; every later norm reads a zero-mean input.
+  adds ``f(norm(x))`` to the stream and only norms read it. Such a stream can be carried centred: its stem and
+  each block's last layer are centred as above, and where a residual cannot be (a max pool), that norm keeps the
+  subtraction and the stream continues from its centred value; every other norm reads a zero-mean input.
 
 A node may change by a per-row shift only where every use is blind to it (:func:`_shift_invariant`): a norm's
 own mean and subtraction, or a residual add, reshape, slice, concatenation or pad along the rows whose result is
@@ -100,8 +100,8 @@ def drop_norm_means(program: Any) -> int:
 
 
 def with_norm_means_dropped(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, int]:
-    """``model`` exported and rewritten by :func:`drop_norm_means`, as a module for converters that take one
-    (LiteRT's, PT2E quantization); ``model`` itself where no norm's mean could go."""
+    """``model`` exported and rewritten by :func:`drop_norm_means`, as a module for a converter that takes one
+    (LiteRT's); ``model`` itself where no norm's mean could go."""
     program = torch.export.export(model.eval(), (example,), strict=False)
     dropped = drop_norm_means(program)
     if not dropped:
@@ -269,7 +269,7 @@ def _plain_conv(conv: torch.fx.Node) -> bool:
     if conv.target == A.convolution.default:
         transposed, groups = conv.args[6], conv.args[8]
         return not transposed and groups == 1
-    return (conv.args[6] if len(conv.args) > 6 else conv.kwargs.get("groups", 1)) == 1
+    return len(conv.args) <= 6 or conv.args[6] == 1  # conv2d(input, weight, bias, stride, padding, dilation, groups)
 
 
 def _centre(program: Any, kind: str, node: torch.fx.Node) -> None:
