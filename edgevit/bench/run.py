@@ -34,8 +34,9 @@ def distinct(paths: list[Path]) -> list[Path]:
     seen: set[Path] = set()
     kept = []
     for path in paths:
-        if path.resolve() not in seen:
-            seen.add(path.resolve())
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
             kept.append(path)
     return kept
 
